@@ -1,0 +1,175 @@
+"""``flportal-client``: run a merchant against a flportal server.
+
+    flportal-client run --url http://portal:8000 --token flp_... \
+        --trainer mypackage.training:make_trainer --option data=/srv/shop.parquet
+
+The trainer factory is called once with the ``--option`` values (as strings) and returns a
+:class:`~clients.sdk.training.Trainer`. The runner waits for rounds it is invited to, downloads
+the global weights, trains locally, uploads the update, and repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from clients.sdk.client import ApiError, FlportalClient, RoundInfo
+from clients.sdk.training import Trainer
+
+logger = logging.getLogger("flportal.client")
+
+# Errors that mean "this round moved on without us": skip the round, keep running.
+ROUND_GONE_CODES = frozenset({"round_not_open", "round_not_found", "not_invited"})
+
+
+def load_trainer(spec: str, options: dict[str, str]) -> Trainer:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise SystemExit(f"--trainer must look like 'package.module:factory', got {spec!r}")
+    factory: Callable[..., Trainer] = getattr(importlib.import_module(module_name), attr)
+    return factory(**options)
+
+
+def participate(client: FlportalClient, trainer: Trainer, fl_round: RoundInfo) -> dict[str, Any]:
+    """Download, train, upload for one round; returns the server's view of the update."""
+    weights = client.download_weights(fl_round)
+    hints = {**fl_round.training_hints, "round": fl_round.number}
+    result = trainer(weights, hints)
+    return client.upload_update(
+        fl_round.id, result.weights, num_examples=result.num_examples, metrics=result.metrics
+    )
+
+
+def run_merchant(
+    client: FlportalClient,
+    trainer: Trainer,
+    *,
+    poll_interval: float = 0.5,
+    max_rounds: int | None = None,
+    stop: threading.Event | None = None,
+    on_update: Callable[[RoundInfo, dict[str, Any]], None] | None = None,
+) -> int:
+    """Take part in rounds until ``max_rounds`` updates were sent or ``stop`` is set."""
+    stop = stop or threading.Event()
+    done = 0
+    while not stop.is_set() and (max_rounds is None or done < max_rounds):
+        try:
+            pending = [r for r in client.rounds() if r.my_update is None]
+        except ApiError as exc:
+            if exc.status in (401, 403):
+                raise
+            logger.warning("listing rounds failed: %s", exc)
+            stop.wait(1.0)
+            continue
+        for fl_round in pending:
+            if stop.is_set():
+                break
+            try:
+                update = participate(client, trainer, fl_round)
+            except ApiError as exc:
+                if exc.code in ROUND_GONE_CODES:
+                    logger.info("round %s moved on: %s", fl_round.id, exc.code)
+                    continue
+                raise
+            done += 1
+            logger.info("round %s: update %s", fl_round.id, update.get("status"))
+            if on_update:
+                on_update(fl_round, update)
+        if not pending:
+            stop.wait(poll_interval)
+    return done
+
+
+def _parse_options(pairs: Sequence[str]) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--option must look like key=value, got {pair!r}")
+        options[key] = value
+    return options
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="flportal-client", description=__doc__.split("\n")[0])
+    parser.add_argument("--url", default=os.environ.get("FLPORTAL_URL", "http://127.0.0.1:8000"))
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("FLPORTAL_TOKEN"),
+        help="merchant API token (or FLPORTAL_TOKEN)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="take part in rounds until stopped")
+    run.add_argument("--trainer", required=True, help="package.module:factory")
+    run.add_argument("--option", action="append", default=[], help="key=value for the factory")
+    run.add_argument("--max-rounds", type=int, default=None)
+    run.add_argument("--poll", type=float, default=0.5, help="seconds between polls when idle")
+    run.add_argument("--json", action="store_true", help="print one JSON line per update")
+    commands.add_parser("rounds", help="list the open rounds this merchant is invited to")
+    status = commands.add_parser("status", help="show my update for a round")
+    status.add_argument("round_id", type=int)
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    if not args.token:
+        parser.error("a token is required: --token or FLPORTAL_TOKEN")
+
+    with FlportalClient(args.url, args.token) as client:
+        try:
+            if args.command == "rounds":
+                for fl_round in client.rounds():
+                    print(
+                        json.dumps(
+                            {
+                                "id": fl_round.id,
+                                "model": fl_round.model,
+                                "number": fl_round.number,
+                                "status": fl_round.status,
+                                "submitted": fl_round.my_update is not None,
+                            }
+                        )
+                    )
+                return 0
+            if args.command == "status":
+                print(json.dumps(client.update_status(args.round_id)))
+                return 0
+            trainer = load_trainer(args.trainer, _parse_options(args.option))
+            stop = threading.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+
+            def report(fl_round: RoundInfo, update: dict[str, Any]) -> None:
+                if args.json:
+                    print(json.dumps({"round": fl_round.id, "update": update}), flush=True)
+
+            started = time.monotonic()
+            count = run_merchant(
+                client,
+                trainer,
+                poll_interval=args.poll,
+                max_rounds=args.max_rounds,
+                stop=stop,
+                on_update=report,
+            )
+            logger.info("sent %d updates in %.1fs", count, time.monotonic() - started)
+            return 0
+        except ApiError as exc:
+            print(f"flportal-client: {exc}", file=sys.stderr)
+            return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

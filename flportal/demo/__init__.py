@@ -1,0 +1,1 @@
+"""Demo model and data for the federated-learning portal."""

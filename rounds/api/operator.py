@@ -1,0 +1,160 @@
+"""The operator API: models, initial weights and rounds. Staff session auth (with CSRF)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db.models import Max
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from flportal.api import OperatorApiView
+from flportal.errors import UnsupportedMediaType, ValidationFailed
+from rounds import artifacts, services
+from rounds.api.merchant import BINARY, _BinaryBody, _content_length
+from rounds.api.serializers import (
+    FederatedModelCreateInput,
+    FederatedModelOutput,
+    RoundCreateInput,
+    RoundOutput,
+    VersionOutput,
+)
+from rounds.models import FederatedModel, Round
+
+
+def _latest_numbers(ids: list[int]) -> dict[int, int]:
+    rows = FederatedModel.objects.filter(pk__in=ids).annotate(latest=Max("versions__number"))
+    return {row.pk: row.latest for row in rows}
+
+
+class ModelListApi(OperatorApiView):
+    @extend_schema(tags=["operator"], responses=FederatedModelOutput(many=True))
+    def get(self, request: Request) -> Response:
+        models = list(FederatedModel.objects.all())
+        context = {"latest": _latest_numbers([m.pk for m in models])}
+        return Response(FederatedModelOutput(models, many=True, context=context).data)
+
+    @extend_schema(
+        tags=["operator"],
+        request=FederatedModelCreateInput,
+        responses={201: FederatedModelOutput},
+        summary="Define a model by its tensors; random/zero init or upload later",
+    )
+    def post(self, request: Request) -> Response:
+        data = FederatedModelCreateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        fl_model = services.fl_model_create(**data.validated_data, actor=request.user)
+        context = {"latest": _latest_numbers([fl_model.pk])}
+        return Response(
+            FederatedModelOutput(fl_model, context=context).data, status=status.HTTP_201_CREATED
+        )
+
+
+class ModelDetailApi(OperatorApiView):
+    @extend_schema(tags=["operator"], responses=FederatedModelOutput)
+    def get(self, request: Request, slug: str) -> Response:
+        fl_model = services.fl_model_get(slug=slug)
+        context = {"latest": _latest_numbers([fl_model.pk])}
+        return Response(FederatedModelOutput(fl_model, context=context).data)
+
+
+class VersionListApi(OperatorApiView):
+    parser_classes = [_BinaryBody]
+
+    @extend_schema(tags=["operator"], responses=VersionOutput(many=True))
+    def get(self, request: Request, slug: str) -> Response:
+        fl_model = services.fl_model_get(slug=slug)
+        versions = fl_model.versions.select_related("fl_model").order_by("number")
+        return Response(VersionOutput(versions, many=True).data)
+
+    @extend_schema(
+        tags=["operator"],
+        request={BINARY: OpenApiTypes.BINARY},
+        responses={201: VersionOutput},
+        summary="Upload weights (safetensors) as a new version, e.g. the initial one",
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        fl_model = services.fl_model_get(slug=slug)
+        if request.content_type.split(";")[0].strip().lower() != BINARY:
+            raise UnsupportedMediaType(
+                f"Send weights as {BINARY} safetensors.", code="binary_body_required"
+            )
+        max_bytes = settings.FLPORTAL_MAX_UPDATE_BYTES
+        declared = _content_length(request)
+        if declared is not None and declared > max_bytes:
+            raise ValidationFailed("Weights exceed the size limit.", code="update_too_large")
+        with artifacts.receive(request.stream, max_bytes=max_bytes) as blob:
+            try:
+                version = services.version_create(fl_model=fl_model, blob=blob, actor=request.user)
+            except services.CodecError as exc:
+                raise ValidationFailed(exc.detail, code=exc.code) from None
+        return Response(VersionOutput(version).data, status=status.HTTP_201_CREATED)
+
+
+class RoundListApi(OperatorApiView):
+    @extend_schema(
+        tags=["operator"],
+        responses=RoundOutput(many=True),
+        parameters=[OpenApiParameter("model", str), OpenApiParameter("status", str)],
+    )
+    def get(self, request: Request) -> Response:
+        rounds = Round.objects.select_related("fl_model", "base_version", "result_version")
+        if model := request.query_params.get("model"):
+            rounds = rounds.filter(fl_model__slug=model)
+        if wanted := request.query_params.get("status"):
+            if wanted not in Round.Status.values:
+                raise ValidationFailed(f"Unknown status {wanted!r}.", code="invalid_status")
+            rounds = rounds.filter(status=wanted)
+        snapshots = [services.round_snapshot(r) for r in rounds.order_by("-created_at")[:200]]
+        return Response(RoundOutput(snapshots, many=True).data)
+
+    @extend_schema(
+        tags=["operator"],
+        request=RoundCreateInput,
+        responses={201: RoundOutput(many=True)},
+        summary="Open a round now, schedule it, or schedule a series",
+    )
+    def post(self, request: Request) -> Response:
+        data = RoundCreateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = dict(data.validated_data)
+        fl_model = services.fl_model_get(slug=values.pop("model"))
+        count = values.pop("count")
+        created = [
+            services.round_create(fl_model=fl_model, actor=request.user, **values)
+            for _ in range(count)
+        ]
+        snapshots = [services.round_snapshot(r) for r in created]
+        return Response(RoundOutput(snapshots, many=True).data, status=status.HTTP_201_CREATED)
+
+
+class RoundDetailApi(OperatorApiView):
+    @extend_schema(tags=["operator"], responses=RoundOutput)
+    def get(self, request: Request, round_id: int) -> Response:
+        fl_round = services.round_get(round_id=round_id)
+        return Response(RoundOutput(services.round_snapshot(fl_round)).data)
+
+
+class RoundCloseApi(OperatorApiView):
+    @extend_schema(
+        tags=["operator"],
+        request=None,
+        responses=RoundOutput,
+        summary="Close early and aggregate (needs the quorum)",
+    )
+    def post(self, request: Request, round_id: int) -> Response:
+        fl_round = services.round_close(
+            fl_round=services.round_get(round_id=round_id), actor=request.user
+        )
+        return Response(RoundOutput(services.round_snapshot(fl_round)).data)
+
+
+class RoundCancelApi(OperatorApiView):
+    @extend_schema(tags=["operator"], request=None, responses=RoundOutput)
+    def post(self, request: Request, round_id: int) -> Response:
+        fl_round = services.round_cancel(
+            fl_round=services.round_get(round_id=round_id), actor=request.user
+        )
+        return Response(RoundOutput(services.round_snapshot(fl_round)).data)

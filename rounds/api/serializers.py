@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.urls import reverse
+from rest_framework import serializers
+
+from rounds.models import FederatedModel, ModelVersion, Round, Update
+
+
+class TensorSpecSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    shape = serializers.ListField(child=serializers.IntegerField(min_value=1))
+    dtype = serializers.ChoiceField(choices=["float16", "float32", "float64"])
+
+
+def weights_url(version: ModelVersion) -> str:
+    return reverse(
+        "version-weights", kwargs={"slug": version.fl_model.slug, "number": version.number}
+    )
+
+
+class VersionOutput(serializers.ModelSerializer):
+    weights_url = serializers.SerializerMethodField()
+    produced_by_round = serializers.IntegerField(source="produced_by_id", allow_null=True)
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "number",
+            "sha256",
+            "size_bytes",
+            "weights_url",
+            "produced_by_round",
+            "strategy",
+            "metrics",
+            "created_at",
+        ]
+
+    def get_weights_url(self, version: ModelVersion) -> str:
+        return weights_url(version)
+
+
+class UpdateOutput(serializers.ModelSerializer):
+    round = serializers.IntegerField(source="fl_round_id")
+    merchant = serializers.CharField(source="merchant.slug")
+
+    class Meta:
+        model = Update
+        fields = [
+            "round",
+            "merchant",
+            "status",
+            "reason",
+            "sha256",
+            "size_bytes",
+            "num_examples",
+            "metrics",
+            "created_at",
+        ]
+
+
+class MerchantRoundOutput(serializers.Serializer):
+    """A round as a merchant sees it: what to download, how to train, whether I already sent."""
+
+    id = serializers.IntegerField()
+    number = serializers.IntegerField()
+    model = serializers.CharField(source="fl_model.slug")
+    status = serializers.CharField()
+    deadline_at = serializers.DateTimeField(allow_null=True)
+    base_version = VersionOutput()
+    training_hints = serializers.DictField(source="fl_model.training_hints")
+    tensors = TensorSpecSerializer(source="fl_model.tensors", many=True)
+    my_update = serializers.SerializerMethodField()
+
+    def get_my_update(self, fl_round: Round) -> dict[str, Any] | None:
+        mine = self.context["my_updates"].get(fl_round.pk)
+        return UpdateOutput(mine).data if mine else None
+
+
+class FederatedModelOutput(serializers.ModelSerializer):
+    tensors = TensorSpecSerializer(many=True)
+    latest_version = serializers.SerializerMethodField()
+
+    class Meta:
+        model = FederatedModel
+        fields = [
+            "id",
+            "name",
+            "slug",
+            "description",
+            "tensors",
+            "strategy",
+            "strategy_params",
+            "training_hints",
+            "latest_version",
+            "created_at",
+        ]
+
+    def get_latest_version(self, fl_model: FederatedModel) -> int | None:
+        return self.context["latest"].get(fl_model.pk)
+
+
+class TrainingHintsInput(serializers.Serializer):
+    epochs = serializers.IntegerField(min_value=1, max_value=1000, required=False)
+    learning_rate = serializers.FloatField(min_value=0, max_value=100, required=False)
+    batch_size = serializers.IntegerField(min_value=1, max_value=1_000_000, required=False)
+    proximal_mu = serializers.FloatField(min_value=0, max_value=1000, required=False)
+
+
+class FederatedModelCreateInput(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    slug = serializers.SlugField(max_length=64, required=False, default="")
+    description = serializers.CharField(required=False, default="", allow_blank=True)
+    tensors = TensorSpecSerializer(many=True)
+    training_hints = TrainingHintsInput(required=False, default=dict)
+    strategy = serializers.CharField(required=False, default="fedavg")
+    strategy_params = serializers.DictField(required=False, default=dict)
+    init = serializers.ChoiceField(choices=["random", "zeros", "none"], default="random")
+    seed = serializers.IntegerField(min_value=0, max_value=2**32 - 1, default=0)
+
+
+class RoundCreateInput(serializers.Serializer):
+    model = serializers.SlugField()
+    min_updates = serializers.IntegerField(min_value=1, max_value=1_000_000)
+    target_updates = serializers.IntegerField(
+        min_value=1, max_value=1_000_000, required=False, allow_null=True, default=None
+    )
+    duration_seconds = serializers.IntegerField(min_value=1, max_value=30 * 24 * 3600, default=600)
+    opens_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    count = serializers.IntegerField(
+        min_value=1, max_value=100, default=1, help_text="schedule a series of this many rounds"
+    )
+
+
+class RoundOutput(serializers.Serializer):
+    """The operator's view of a round; produced from ``services.round_snapshot``."""
+
+    id = serializers.IntegerField()
+    model = serializers.CharField()
+    number = serializers.IntegerField()
+    status = serializers.CharField()
+    min_updates = serializers.IntegerField()
+    target_updates = serializers.IntegerField()
+    participants = serializers.IntegerField()
+    submitted = serializers.IntegerField()
+    base_version = serializers.IntegerField(allow_null=True)
+    result_version = serializers.IntegerField(allow_null=True)
+    metrics = serializers.DictField()
+    opens_at = serializers.DateTimeField()
+    opened_at = serializers.DateTimeField(allow_null=True)
+    deadline_at = serializers.DateTimeField(allow_null=True)
+    closed_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    failure_reason = serializers.CharField()
+    updates = serializers.ListField(child=serializers.DictField())

@@ -1,0 +1,33 @@
+from django.urls import path
+
+from rounds.api import merchant, operator
+
+urlpatterns = [
+    path("rounds", merchant.RoundListApi.as_view(), name="rounds"),
+    path("rounds/<int:round_id>", merchant.RoundDetailApi.as_view(), name="round"),
+    path("rounds/<int:round_id>/update", merchant.UpdateApi.as_view(), name="round-update"),
+    path(
+        "models/<slug:slug>/versions/<int:number>/weights",
+        merchant.VersionWeightsApi.as_view(),
+        name="version-weights",
+    ),
+    path("operator/models", operator.ModelListApi.as_view(), name="op-models"),
+    path("operator/models/<slug:slug>", operator.ModelDetailApi.as_view(), name="op-model"),
+    path(
+        "operator/models/<slug:slug>/versions",
+        operator.VersionListApi.as_view(),
+        name="op-versions",
+    ),
+    path("operator/rounds", operator.RoundListApi.as_view(), name="op-rounds"),
+    path("operator/rounds/<int:round_id>", operator.RoundDetailApi.as_view(), name="op-round"),
+    path(
+        "operator/rounds/<int:round_id>/close",
+        operator.RoundCloseApi.as_view(),
+        name="op-round-close",
+    ),
+    path(
+        "operator/rounds/<int:round_id>/cancel",
+        operator.RoundCancelApi.as_view(),
+        name="op-round-cancel",
+    ),
+]

@@ -1,0 +1,172 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from clients.models import Merchant
+
+
+class FederatedModel(models.Model):
+    """A model trained by the federation: its tensors, strategy and local-training hints."""
+
+    class Strategy(models.TextChoices):
+        FEDAVG = "fedavg", "FedAvg (weighted by examples)"
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=64, unique=True)
+    description = models.TextField(blank=True)
+    tensors = models.JSONField(help_text="[{name, shape, dtype}, ...]")
+    strategy = models.CharField(max_length=32, choices=Strategy.choices, default=Strategy.FEDAVG)
+    strategy_params = models.JSONField(default=dict, blank=True)
+    training_hints = models.JSONField(
+        default=dict, blank=True, help_text="epochs, learning_rate, batch_size, proximal_mu"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ModelVersion(models.Model):
+    """Immutable global weights at one point in time, stored as one safetensors file."""
+
+    fl_model = models.ForeignKey(FederatedModel, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    weights = models.FileField(upload_to="versions/", max_length=255)
+    sha256 = models.CharField(max_length=64)
+    size_bytes = models.BigIntegerField()
+    produced_by = models.OneToOneField(
+        "Round", null=True, blank=True, on_delete=models.PROTECT, related_name="result_version"
+    )
+    strategy = models.CharField(max_length=32, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["fl_model", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["fl_model", "number"], name="version_number_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.fl_model.slug} v{self.number}"
+
+
+class Round(models.Model):
+    class Status(models.TextChoices):
+        SCHEDULED = "scheduled", "Scheduled"
+        OPEN = "open", "Open"
+        AGGREGATING = "aggregating", "Aggregating"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+
+    fl_model = models.ForeignKey(FederatedModel, on_delete=models.CASCADE, related_name="rounds")
+    number = models.PositiveIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.SCHEDULED)
+    base_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="rounds"
+    )
+    min_updates = models.PositiveIntegerField(help_text="quorum: fewer at the deadline fails")
+    target_updates = models.PositiveIntegerField(help_text="close as soon as this many arrive")
+    duration_seconds = models.PositiveIntegerField(help_text="from opening to the deadline")
+    opens_at = models.DateTimeField()
+    deadline_at = models.DateTimeField(null=True, blank=True)
+    opened_at = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    failure_reason = models.TextField(blank=True)
+    participants = models.ManyToManyField(Merchant, related_name="rounds", blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["fl_model", "number"], name="round_number_unique"),
+            models.CheckConstraint(condition=Q(min_updates__gte=1), name="round_quorum_positive"),
+            models.CheckConstraint(
+                condition=Q(target_updates__gte=models.F("min_updates")),
+                name="round_target_at_least_quorum",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "deadline_at"]),
+            models.Index(fields=["status", "opens_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.fl_model.slug} round {self.number}"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
+
+
+class Update(models.Model):
+    """One merchant's contribution to one round: stored tensors plus counts and metrics."""
+
+    class Status(models.TextChoices):
+        ACCEPTED = "accepted", "Accepted"
+        REJECTED = "rejected", "Rejected"
+
+    fl_round = models.ForeignKey(Round, on_delete=models.CASCADE, related_name="updates")
+    merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, related_name="updates")
+    weights = models.FileField(upload_to="updates/", max_length=255)
+    sha256 = models.CharField(max_length=64)
+    size_bytes = models.BigIntegerField()
+    num_examples = models.PositiveBigIntegerField()
+    metrics = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACCEPTED)
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["fl_round", "merchant"], name="one_update_per_merchant"
+            ),
+            models.CheckConstraint(
+                condition=Q(num_examples__gte=1), name="update_examples_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"update of {self.merchant} to {self.fl_round}"
+
+
+class Event(models.Model):
+    """The audit trail: every state change, who did it and when. Also what the live feed sends."""
+
+    kind = models.CharField(max_length=64)
+    fl_round = models.ForeignKey(
+        Round, null=True, blank=True, on_delete=models.CASCADE, related_name="events"
+    )
+    merchant = models.ForeignKey(
+        Merchant, null=True, blank=True, on_delete=models.SET_NULL, related_name="events"
+    )
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_label = models.CharField(max_length=100, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} at {self.created_at:%Y-%m-%d %H:%M:%S}"

@@ -1,0 +1,38 @@
+"""Every business rule about models, rounds and updates. Views, tasks and commands call these."""
+
+from clients.sdk.codec import CodecError
+from rounds.services.fl_models import (
+    fl_model_create,
+    fl_model_get,
+    version_create,
+    version_latest,
+)
+from rounds.services.lifecycle import (
+    round_aggregate,
+    round_cancel,
+    round_close,
+    round_create,
+    round_get,
+    round_open,
+    round_snapshot,
+    rounds_tick,
+)
+from rounds.services.updates import update_submit, updates_expected_specs
+
+__all__ = [
+    "CodecError",
+    "fl_model_create",
+    "fl_model_get",
+    "round_aggregate",
+    "round_cancel",
+    "round_close",
+    "round_create",
+    "round_get",
+    "round_open",
+    "round_snapshot",
+    "rounds_tick",
+    "update_submit",
+    "updates_expected_specs",
+    "version_create",
+    "version_latest",
+]

@@ -1,0 +1,227 @@
+"""Federated models and their immutable versions."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils.text import slugify
+
+from clients.sdk import codec
+from flportal.errors import Conflict, NotFound, ValidationFailed
+from rounds import artifacts, audit
+from rounds.models import FederatedModel, ModelVersion, Round
+
+MAX_MODEL_PARAMS = 2_000_000_000
+_TENSOR_NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,256}$")
+HINT_TYPES: dict[str, type] = {
+    "epochs": int,
+    "learning_rate": float,
+    "batch_size": int,
+    "proximal_mu": float,
+}
+HINT_BOUNDS: dict[str, tuple[float, float]] = {
+    "epochs": (1, 1000),
+    "learning_rate": (0.0, 100.0),
+    "batch_size": (1, 1_000_000),
+    "proximal_mu": (0.0, 1000.0),
+}
+
+
+def parse_tensor_specs(raw: Any) -> list[codec.TensorSpec]:
+    if not isinstance(raw, list) or not raw:
+        raise ValidationFailed(
+            "tensors must be a non-empty list of {name, shape, dtype}.", code="invalid_tensors"
+        )
+    specs: list[codec.TensorSpec] = []
+    for item in raw:
+        if not isinstance(item, Mapping) or set(item) != {"name", "shape", "dtype"}:
+            raise ValidationFailed(
+                "Each tensor needs exactly name, shape and dtype.", code="invalid_tensors"
+            )
+        name, shape, dtype = item["name"], item["shape"], item["dtype"]
+        if not isinstance(name, str) or not _TENSOR_NAME.match(name):
+            raise ValidationFailed(f"Invalid tensor name {name!r}.", code="invalid_tensors")
+        if (
+            not isinstance(shape, list)
+            or len(shape) > 8
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)
+        ):
+            raise ValidationFailed(
+                f"Tensor {name!r}: shape must be a list of positive ints.", code="invalid_tensors"
+            )
+        if dtype not in codec.DTYPE_CODES:
+            raise ValidationFailed(
+                f"Tensor {name!r}: dtype must be one of {sorted(codec.DTYPE_CODES)}.",
+                code="unsupported_dtype",
+            )
+        specs.append(codec.TensorSpec(name, tuple(shape), dtype))
+    if len({s.name for s in specs}) != len(specs):
+        raise ValidationFailed("Tensor names must be unique.", code="invalid_tensors")
+    if sum(s.size for s in specs) > MAX_MODEL_PARAMS:
+        raise ValidationFailed("The model is too large.", code="model_too_large")
+    return sorted(specs, key=lambda s: s.name)
+
+
+def parse_training_hints(raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ValidationFailed("training_hints must be an object.", code="invalid_hints")
+    hints: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in HINT_TYPES:
+            raise ValidationFailed(
+                f"Unknown training hint {key!r} (known: {sorted(HINT_TYPES)}).",
+                code="invalid_hints",
+            )
+        kind = HINT_TYPES[key]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (kind is int and not float(value).is_integer())
+        ):
+            raise ValidationFailed(
+                f"Training hint {key!r} must be a {kind.__name__}.", code="invalid_hints"
+            )
+        low, high = HINT_BOUNDS[key]
+        if not (low <= value <= high) or not math.isfinite(value):
+            raise ValidationFailed(
+                f"Training hint {key!r} must be within [{low}, {high}].", code="invalid_hints"
+            )
+        hints[key] = kind(value)
+    return hints
+
+
+def initial_weights(
+    specs: list[codec.TensorSpec], *, init: str, seed: int
+) -> dict[str, np.ndarray]:
+    """Glorot-style random init for matrices, small noise for vectors; or all zeros."""
+    rng = np.random.default_rng(seed)
+    weights: dict[str, np.ndarray] = {}
+    for spec in specs:
+        if init == "zeros":
+            weights[spec.name] = np.zeros(spec.shape, dtype=spec.dtype)
+            continue
+        fan_in = spec.shape[0] if len(spec.shape) > 1 else max(spec.size, 1)
+        fan_out = spec.shape[-1] if len(spec.shape) > 1 else 1
+        scale = math.sqrt(2.0 / (fan_in + fan_out))
+        weights[spec.name] = (rng.standard_normal(spec.shape) * scale).astype(spec.dtype)
+    return weights
+
+
+def fl_model_create(
+    *,
+    name: str,
+    tensors: Any,
+    slug: str = "",
+    description: str = "",
+    training_hints: Any = None,
+    strategy: str = FederatedModel.Strategy.FEDAVG,
+    strategy_params: Any = None,
+    init: str = "random",
+    seed: int = 0,
+    actor: AbstractBaseUser | None = None,
+) -> FederatedModel:
+    """Define a model and (unless ``init == "none"``) its first version."""
+    name = (name or "").strip()
+    if not name:
+        raise ValidationFailed("A model needs a name.", code="name_required")
+    slug = slugify(slug or name)[:64]
+    if not slug:
+        raise ValidationFailed("Could not derive a slug from the name.", code="invalid_slug")
+    specs = parse_tensor_specs(tensors)
+    hints = parse_training_hints(training_hints)
+    if strategy not in FederatedModel.Strategy.values:
+        raise ValidationFailed(f"Unknown strategy {strategy!r}.", code="invalid_strategy")
+    if strategy_params:
+        raise ValidationFailed("FedAvg takes no parameters.", code="invalid_strategy_params")
+    if init not in {"random", "zeros", "none"}:
+        raise ValidationFailed("init must be random, zeros or none.", code="invalid_init")
+    try:
+        with transaction.atomic():
+            fl_model = FederatedModel.objects.create(
+                name=name,
+                slug=slug,
+                description=description,
+                tensors=[s.as_dict() for s in specs],
+                training_hints=hints,
+                strategy=strategy,
+                strategy_params={},
+                created_by=actor if actor is not None and actor.is_authenticated else None,
+            )
+            audit.record(kind="model.created", actor=actor, data={"model": slug})
+    except IntegrityError:
+        raise Conflict(f"A model with slug {slug!r} already exists.", code="slug_taken") from None
+    if init != "none":
+        with artifacts.written(initial_weights(specs, init=init, seed=seed)) as blob:
+            version_create(fl_model=fl_model, blob=blob, actor=actor)
+    return fl_model
+
+
+def fl_model_specs(fl_model: FederatedModel) -> list[codec.TensorSpec]:
+    return [codec.TensorSpec.from_dict(t) for t in fl_model.tensors]
+
+
+def version_create(
+    *,
+    fl_model: FederatedModel,
+    blob: artifacts.Blob,
+    produced_by: Round | None = None,
+    metrics: dict[str, float] | None = None,
+    actor: AbstractBaseUser | None = None,
+) -> ModelVersion:
+    """Store a new immutable version. Outside aggregation only while no round is running."""
+    artifacts.validate(blob, fl_model_specs(fl_model))
+    name = artifacts.store(blob, f"versions/{fl_model.slug}/{blob.sha256[:16]}.safetensors")
+    try:
+        with transaction.atomic():
+            FederatedModel.objects.select_for_update().filter(pk=fl_model.pk).first()
+            if (
+                produced_by is None
+                and Round.objects.filter(
+                    fl_model=fl_model, status__in=[Round.Status.OPEN, Round.Status.AGGREGATING]
+                ).exists()
+            ):
+                raise Conflict(
+                    "A round of this model is running; wait for it to finish.",
+                    code="round_in_progress",
+                )
+            latest = fl_model.versions.aggregate(n=Max("number"))["n"] or 0
+            version = ModelVersion.objects.create(
+                fl_model=fl_model,
+                number=latest + 1,
+                weights=name,
+                sha256=blob.sha256,
+                size_bytes=blob.size,
+                produced_by=produced_by,
+                metrics=metrics or {},
+                strategy=fl_model.strategy if produced_by else "",
+            )
+            audit.record(
+                kind="version.created",
+                actor=actor,
+                fl_round=produced_by,
+                data={"model": fl_model.slug, "version": version.number, "sha256": blob.sha256},
+            )
+    except Exception:
+        artifacts.delete(name)
+        raise
+    return version
+
+
+def fl_model_get(*, slug: str) -> FederatedModel:
+    fl_model = FederatedModel.objects.filter(slug=slug).first()
+    if fl_model is None:
+        raise NotFound(f"No model {slug!r}.", code="model_not_found")
+    return fl_model
+
+
+def version_latest(fl_model: FederatedModel) -> ModelVersion | None:
+    return fl_model.versions.order_by("-number").first()

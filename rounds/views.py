@@ -1,0 +1,30 @@
+"""Server-rendered operator pages. The live parts patch the DOM from the WebSocket feed."""
+
+from __future__ import annotations
+
+from django.contrib.admin.views.decorators import staff_member_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
+
+from rounds import services
+from rounds.models import Round
+
+
+@staff_member_required
+def round_list(request: HttpRequest) -> HttpResponse:
+    rounds = Round.objects.select_related("fl_model", "result_version").order_by("-created_at")[
+        :100
+    ]
+    return render(request, "rounds/round_list.html", {"rounds": rounds})
+
+
+@staff_member_required
+def round_detail(request: HttpRequest, round_id: int) -> HttpResponse:
+    fl_round = Round.objects.select_related("fl_model", "base_version").filter(pk=round_id).first()
+    if fl_round is None:
+        raise Http404("No such round")
+    return render(
+        request,
+        "rounds/round_detail.html",
+        {"fl_round": fl_round, "snapshot": services.round_snapshot(fl_round)},
+    )
