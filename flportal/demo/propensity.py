@@ -8,11 +8,11 @@ arrays, described by :data:`TENSOR_SPECS`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from clients.sdk.training import TrainResult
 from flportal.demo.data import FEATURE_NAMES, Shard, partition
 
 __all__ = [
@@ -42,19 +42,6 @@ DEFAULT_HINTS: dict[str, Any] = {
     "proximal_mu": 0.0,
     "round": 0,
 }
-
-
-# --- TrainResult -------------------------------------------------------------
-# Stand-in for clients.sdk's identical TrainResult; replace with that import.
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """Outcome of one local training run."""
-
-    weights: dict[str, np.ndarray]
-    num_examples: int
-    metrics: dict[str, float]
 
 
 # --- model -------------------------------------------------------------------
