@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from django.conf import settings
-from django.http import FileResponse, HttpResponse, HttpResponseBase
+from django.http import HttpResponse, HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
@@ -92,7 +92,8 @@ class VersionWeightsApi(MerchantApiView):
         if etag in {tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")}:
             response: HttpResponseBase = HttpResponse(status=status.HTTP_304_NOT_MODIFIED)
         else:
-            response = FileResponse(version.weights.open("rb"), content_type=BINARY)
+            response = artifacts.download_response(version.weights.name, request._request)
+            response["Content-Type"] = BINARY
             response["Content-Length"] = str(version.size_bytes)
             response["Content-Disposition"] = f'attachment; filename="{slug}-v{number}.safetensors"'
         response["ETag"] = etag
