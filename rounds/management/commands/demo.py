@@ -73,7 +73,7 @@ class Command(BaseCommand):
             group.worker()
             group.beat(Path(settings.VAR_DIR) / "celerybeat-schedule")
             wait_http(f"{base}/accounts/login/", group=group)
-            self._say(f"dashboard: {base}/rounds/  (log in as operator / {password})")
+            self._info(f"dashboard: {base}/rounds/  (log in as operator / {password})")
             for index, (slug, token) in enumerate(tokens):
                 group.merchant(
                     slug,
@@ -91,12 +91,12 @@ class Command(BaseCommand):
                 group=group,
             )
             if not options["headless"]:
-                self._say(f"all rounds done; the portal stays up at {base}/rounds/ — Ctrl-C stops")
+                self._info(f"all rounds done; the portal stays up at {base}/rounds/ — Ctrl-C stops")
                 while True:
                     group.check_alive()
                     time.sleep(1)
         except KeyboardInterrupt:
-            self._say("stopping…")
+            self._info("stopping…")
         finally:
             group.stop()
 
@@ -212,6 +212,12 @@ class Command(BaseCommand):
                 f"{metrics['loss']:7.4f} {metrics['accuracy']:8.4f} {metrics['auc']:6.4f} "
                 f"{elapsed:7.1f}"
             )
+
+    def _info(self, line: str) -> None:
+        """Progress for people: on stderr in --json mode, so stdout stays one JSON per line."""
+        stream = self.stderr if self.json else self.stdout
+        stream.write(line)
+        stream.flush()
 
     def _say(self, line: str) -> None:
         self.stdout.write(line)
