@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import redis
@@ -30,6 +31,7 @@ from tests.factories import MerchantFactory, OperatorFactory, make_fl_model, tok
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), pytest.mark.timeout(240)]
 
+UPLOAD_LIMIT = 256 * 1024
 TENSORS = [
     {"name": "dense.bias", "shape": [8], "dtype": "float32"},
     {"name": "dense.weight", "shape": [32, 8], "dtype": "float32"},
@@ -62,6 +64,7 @@ def stack(tmp_path: Path) -> Iterator[str]:
         DEBUG="1",
         ROUNDS_TICK_SECONDS="0.5",
         FLPORTAL_VAR_DIR=str(tmp_path / "var"),
+        FLPORTAL_MAX_UPDATE_BYTES=str(UPLOAD_LIMIT),
     )
     group = ProcessGroup(env=env, log_dir=tmp_path / "logs")
     try:
@@ -218,3 +221,25 @@ def test_the_round_page_requires_login_and_renders_live_progress(stack):
         return 0
 
     assert asyncio.run(rejected()) in {403, 4403}
+
+
+def test_the_server_refuses_an_oversized_body_before_reading_it(stack):
+    merchant = MerchantFactory()
+    token = token_for(merchant)
+    fl_model = make_fl_model(slug="big", init="zeros")
+    fl_round = services.round_create(fl_model=fl_model, min_updates=1)
+    url = f"{stack}/api/v1/rounds/{fl_round.pk}/update?num_examples=1"
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"}
+
+    declared = httpx.put(url, headers=headers, content=b"x" * (UPLOAD_LIMIT + 65 * 1024))
+    assert declared.status_code == 413
+    assert declared.json()["error"] in {"payload_too_large", "update_too_large"}
+
+    def chunks():  # no Content-Length: chunked transfer encoding
+        for _ in range(8):
+            yield b"x" * (64 * 1024)
+
+    streamed = httpx.put(url, headers=headers, content=chunks())
+    assert streamed.status_code == 413
+    assert streamed.json()["error"] in {"payload_too_large", "update_too_large"}
+    assert not fl_round.updates.exists()
