@@ -37,9 +37,6 @@ class MerchantApiView(APIView):
     authentication_classes = [MerchantTokenAuthentication]
     permission_classes = [IsActiveMerchant]
 
-    def get_permissions(self) -> list[BasePermission]:
-        return [permission() for permission in self.permission_classes]  # fresh per request
-
     @property
     def merchant(self) -> Any:
         return self.request.user.merchant

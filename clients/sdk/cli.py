@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import httpx
+
 from clients.sdk.client import ApiError, FlportalClient, RoundInfo
 from clients.sdk.training import Trainer
 
@@ -169,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ApiError as exc:
             print(f"flportal-client: {exc}", file=sys.stderr)
             return 2
+        except httpx.TransportError as exc:
+            print(f"flportal-client: cannot reach {args.url}: {exc}", file=sys.stderr)
+            return 3
 
 
 if __name__ == "__main__":
