@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from clients.sdk import codec
+
 Tensors = Mapping[str, np.ndarray]
 CHUNK = 1 << 18  # elements per multiply-add step: small enough to stay in cache
 
@@ -30,26 +32,14 @@ def check_weights(weights: Sequence[float]) -> np.ndarray:
     return array
 
 
-def check_compatible(reference: Tensors, candidate: Tensors, *, index: int) -> None:
-    if reference.keys() != candidate.keys():
-        missing = sorted(reference.keys() - candidate.keys())
-        extra = sorted(candidate.keys() - reference.keys())
-        raise AggregationError(
-            f"Update {index}: tensor names differ (missing {missing}, unexpected {extra}).",
-            code="tensor_names_mismatch",
-        )
-    for name, ref in reference.items():
-        got = candidate[name]
-        if got.shape != ref.shape:
-            raise AggregationError(
-                f"Update {index}: tensor {name!r} has shape {got.shape}, expected {ref.shape}.",
-                code="shape_mismatch",
-            )
-        if got.dtype != ref.dtype:
-            raise AggregationError(
-                f"Update {index}: tensor {name!r} has dtype {got.dtype}, expected {ref.dtype}.",
-                code="dtype_mismatch",
-            )
+def check_compatible(
+    reference: list[codec.TensorSpec], candidate: Tensors, *, index: int
+) -> None:
+    """Same tensor names, shapes and dtypes as the first update (the wire codec's rule)."""
+    try:
+        codec.check_compatible(codec.specs_of(candidate), reference)
+    except codec.CodecError as exc:
+        raise AggregationError(f"Update {index}: {exc.detail}", code=exc.code) from None
 
 
 def accumulator_dtype(dtype: np.dtype) -> np.dtype:
