@@ -16,7 +16,7 @@ from dataclasses import dataclass
 TOKEN_TYPE = "flp"  # noqa: S105 - the public type prefix, not a secret
 PREFIX_LENGTH = 8
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
-_TOKEN_RE = re.compile(rf"^{TOKEN_TYPE}_([a-z0-9]{{{PREFIX_LENGTH}}})_([A-Za-z0-9_-]{{43}})$")
+_TOKEN_RE = re.compile(rf"{TOKEN_TYPE}_([a-z0-9]{{{PREFIX_LENGTH}}})_([A-Za-z0-9_-]{{43}})")
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ def hash_token(plaintext: str, key: str) -> str:
 
 def parse_prefix(plaintext: str) -> str | None:
     """The lookup prefix of a well-formed token, or None for anything else."""
-    match = _TOKEN_RE.match(plaintext)
+    match = _TOKEN_RE.fullmatch(plaintext)
     return match.group(1) if match else None
 
 

@@ -129,7 +129,8 @@ def parse_layout(head: bytes, *, total_bytes: int) -> Layout:
         raise CodecError(f"Safetensors header is not valid JSON: {exc}") from None
     if not isinstance(header, dict):
         raise CodecError("Safetensors header must be a JSON object.")
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", None)
+    metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
