@@ -12,20 +12,23 @@ from rest_framework.views import APIView
 from clients.authentication import MerchantPrincipal, MerchantTokenAuthentication
 
 
-class IsActiveMerchant(BasePermission):
-    message = "This endpoint is for active merchants."
+class IsMerchant(BasePermission):
+    """Any merchant with a valid token, whatever its status (it may read its own record)."""
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return isinstance(request.user, MerchantPrincipal)
+
+
+class IsActiveMerchant(IsMerchant):
+    message = "This merchant is not active."
     code = "merchant_inactive"
 
     def has_permission(self, request: Request, view: Any) -> bool:
-        principal = request.user
-        if not isinstance(principal, MerchantPrincipal):
-            self.message, self.code = "A merchant API token is required.", "not_a_merchant"
+        if not super().has_permission(request, view):
             return False
-        if not principal.merchant.is_active:
-            self.message = f"Merchant is {principal.merchant.status}."
-            self.code = "merchant_inactive"
-            return False
-        return True
+        merchant = request.user.merchant
+        self.message = f"Merchant is {merchant.status}."  # instances are per request
+        return bool(merchant.is_active)
 
 
 class IsOperator(IsAdminUser):

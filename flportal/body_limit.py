@@ -3,7 +3,7 @@
 Django's ASGI handler reads the whole body into a temporary file before any view runs, so the
 upload view's own limit would come after the disk was already filled. This refuses a declared
 ``Content-Length`` over the limit at once, and cuts off a body (e.g. chunked) that overruns it,
-answering ``413 {"error": "payload_too_large"}`` in both cases.
+answering ``413 {"error": "update_too_large"}`` in both cases, like the upload views.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class BodyLimitMiddleware:
     async def _reject(self, send: Send) -> None:
         body = json.dumps(
             {
-                "error": "payload_too_large",
+                "error": "update_too_large",
                 "detail": f"The request body exceeds {self.max_bytes} bytes.",
             }
         ).encode()

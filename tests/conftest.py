@@ -50,3 +50,11 @@ def operator_client(operator) -> Client:
     client.get("/accounts/login/")  # sets the csrftoken cookie
     client.defaults["HTTP_X_CSRFTOKEN"] = client.cookies["csrftoken"].value
     return client
+
+
+@pytest.fixture
+def aggregate_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Round ids passed to ``rounds.tasks.round_aggregate.delay``; nothing reaches a broker."""
+    calls: list[int] = []
+    monkeypatch.setattr("rounds.tasks.round_aggregate.delay", calls.append)
+    return calls

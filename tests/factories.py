@@ -10,8 +10,8 @@ from django.contrib.auth import get_user_model
 
 from clients import services as client_services
 from clients.models import Merchant
-from rounds import services
-from rounds.models import FederatedModel, Round
+from rounds import artifacts, services
+from rounds.models import FederatedModel, Round, Update
 
 SMALL_TENSORS = [
     {"name": "bias", "shape": [1], "dtype": "float32"},
@@ -81,3 +81,23 @@ def small_weights(
     return {
         t["name"]: np.full(t["shape"], value, dtype=t["dtype"]) for t in (tensors or SMALL_TENSORS)
     }
+
+
+def submit_update(
+    fl_round: Round,
+    merchant: Merchant,
+    weights: dict[str, np.ndarray] | None = None,
+    *,
+    num_examples: int = 10,
+    metrics: dict[str, float] | None = None,
+) -> Update:
+    """Submit ``weights`` (default: all ones) through the service, as an upload would."""
+    with artifacts.written(weights if weights is not None else small_weights()) as blob:
+        update, _ = services.update_submit(
+            fl_round=fl_round,
+            merchant=merchant,
+            blob=blob,
+            num_examples=num_examples,
+            metrics=metrics or {},
+        )
+    return update

@@ -49,7 +49,7 @@ def test_a_declared_length_over_the_limit_is_refused_before_the_app_runs():
     sent = run(BodyLimitMiddleware(inner, max_bytes=10), [(b"content-length", b"11")], [b"x" * 11])
     assert not inner.called
     assert sent[0]["status"] == 413
-    assert json.loads(sent[1]["body"])["error"] == "payload_too_large"
+    assert json.loads(sent[1]["body"])["error"] == "update_too_large"
 
 
 def test_a_chunked_body_that_overruns_the_limit_is_cut_off_and_answered_413():

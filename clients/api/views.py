@@ -15,11 +15,13 @@ from clients.api.serializers import (
     TokenOutput,
 )
 from clients.models import ApiToken, Merchant
-from flportal.api import MerchantApiView, OperatorApiView
+from flportal.api import IsMerchant, MerchantApiView, OperatorApiView
 from flportal.errors import NotFound
 
 
 class MeApi(MerchantApiView):
+    permission_classes = [IsMerchant]  # a suspended merchant may still see its own status
+
     @extend_schema(tags=["merchant"], responses=MerchantOutput, summary="The calling merchant")
     def get(self, request: Request) -> Response:
         return Response(MerchantOutput(self.merchant).data)

@@ -32,9 +32,7 @@ def check_weights(weights: Sequence[float]) -> np.ndarray:
     return array
 
 
-def check_compatible(
-    reference: list[codec.TensorSpec], candidate: Tensors, *, index: int
-) -> None:
+def check_compatible(reference: list[codec.TensorSpec], candidate: Tensors, *, index: int) -> None:
     """Same tensor names, shapes and dtypes as the first update (the wire codec's rule)."""
     try:
         codec.check_compatible(codec.specs_of(candidate), reference)

@@ -17,6 +17,7 @@ from flportal.api import MerchantApiView
 from flportal.errors import NotFound, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from rounds import artifacts, services
 from rounds.api.serializers import MerchantRoundOutput, UpdateOutput
+from rounds.artifacts import Readable
 from rounds.models import ModelVersion, Round, Update
 from rounds.services.updates import (
     check_can_submit,
@@ -28,13 +29,33 @@ from rounds.services.updates import (
 BINARY = "application/octet-stream"
 
 
-class _BinaryBody(BaseParser):
-    """Declares the binary body for content negotiation; the view streams it itself."""
+class BinaryBody(BaseParser):
+    """For views that stream their body themselves: parsing (which DRF may trigger, e.g. in the
+    CSRF check of a session POST) reads nothing, and any media type reaches the view, which
+    answers a non-binary one with ``binary_body_required``."""
 
-    media_type = BINARY
+    media_type = "*/*"
 
     def parse(self, stream, media_type=None, parser_context=None):  # type: ignore[no-untyped-def]
-        raise AssertionError("the upload view streams its body; request.data is never used")
+        return {}
+
+
+def binary_body(request: Request) -> Readable:
+    """The request body as a stream, after the checks that need no byte of it."""
+    content_type = request.content_type.split(";")[0].strip().lower()
+    if content_type != BINARY:
+        raise UnsupportedMediaType(
+            f"Send tensors as a binary safetensors body ({BINARY}); flportal accepts no JSON "
+            "tensors and never any training data.",
+            code="binary_body_required",
+        )
+    max_bytes = settings.FLPORTAL_MAX_UPDATE_BYTES
+    declared = _content_length(request)
+    if declared is not None and declared > max_bytes:
+        raise PayloadTooLarge(
+            f"The body exceeds the limit of {max_bytes} bytes.", code="update_too_large"
+        )
+    return request.stream or _Empty()
 
 
 def _my_updates(merchant_id: int, round_ids: list[int]) -> dict[int, Update]:
@@ -89,7 +110,7 @@ class VersionWeightsApi(MerchantApiView):
         if version is None:
             raise NotFound("No such version for this merchant.", code="version_not_found")
         etag = f'"{version.sha256}"'
-        if etag in {tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")}:
+        if _etag_matches(request.headers.get("If-None-Match", ""), etag):
             response: HttpResponseBase = HttpResponse(status=status.HTTP_304_NOT_MODIFIED)
         else:
             response = artifacts.download_response(version.weights.name, request._request)
@@ -102,7 +123,7 @@ class VersionWeightsApi(MerchantApiView):
 
 
 class UpdateApi(MerchantApiView):
-    parser_classes = [_BinaryBody]
+    parser_classes = [BinaryBody]
 
     @extend_schema(tags=["merchant"], responses=UpdateOutput, summary="My update to this round")
     def get(self, request: Request, round_id: int) -> Response:
@@ -137,23 +158,11 @@ class UpdateApi(MerchantApiView):
     )
     def put(self, request: Request, round_id: int) -> Response:
         fl_round = round_for_merchant(round_id=round_id, merchant=self.merchant)
-        content_type = request.content_type.split(";")[0].strip().lower()
-        if content_type != BINARY:
-            raise UnsupportedMediaType(
-                f"Send the update as a binary safetensors body ({BINARY}); flportal accepts no "
-                "JSON tensors and never any training data.",
-                code="binary_body_required",
-            )
-        max_bytes = settings.FLPORTAL_MAX_UPDATE_BYTES
-        declared = _content_length(request)
-        if declared is not None and declared > max_bytes:
-            raise PayloadTooLarge(
-                f"Update exceeds the limit of {max_bytes} bytes.", code="update_too_large"
-            )
         num_examples = parse_num_examples(request.query_params.get("num_examples"))
         metrics = _metrics_param(request.query_params.get("metrics"))
         check_can_submit(fl_round=fl_round, merchant=self.merchant)
-        with artifacts.receive(request.stream or _Empty(), max_bytes=max_bytes) as blob:
+        body = binary_body(request)
+        with artifacts.receive(body, max_bytes=settings.FLPORTAL_MAX_UPDATE_BYTES) as blob:
             update, created = services.update_submit(
                 fl_round=fl_round,
                 merchant=self.merchant,
@@ -170,6 +179,12 @@ class UpdateApi(MerchantApiView):
 class _Empty:
     def read(self, size: int = -1) -> bytes:
         return b""
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    """RFC 9110 weak comparison, as If-None-Match requires: W/ is ignored, * matches."""
+    tags = {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
+    return "*" in tags or etag in tags
 
 
 def _content_length(request: Request) -> int | None:

@@ -11,9 +11,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from flportal.api import OperatorApiView
-from flportal.errors import UnsupportedMediaType, ValidationFailed
+from flportal.errors import ValidationFailed
 from rounds import artifacts, services
-from rounds.api.merchant import BINARY, _BinaryBody, _content_length
+from rounds.api.merchant import BINARY, BinaryBody, binary_body
 from rounds.api.serializers import (
     FederatedModelCreateInput,
     FederatedModelOutput,
@@ -61,7 +61,7 @@ class ModelDetailApi(OperatorApiView):
 
 
 class VersionListApi(OperatorApiView):
-    parser_classes = [_BinaryBody]
+    parser_classes = [BinaryBody]
 
     @extend_schema(tags=["operator"], responses=VersionOutput(many=True))
     def get(self, request: Request, slug: str) -> Response:
@@ -77,15 +77,8 @@ class VersionListApi(OperatorApiView):
     )
     def post(self, request: Request, slug: str) -> Response:
         fl_model = services.fl_model_get(slug=slug)
-        if request.content_type.split(";")[0].strip().lower() != BINARY:
-            raise UnsupportedMediaType(
-                f"Send weights as {BINARY} safetensors.", code="binary_body_required"
-            )
-        max_bytes = settings.FLPORTAL_MAX_UPDATE_BYTES
-        declared = _content_length(request)
-        if declared is not None and declared > max_bytes:
-            raise ValidationFailed("Weights exceed the size limit.", code="update_too_large")
-        with artifacts.receive(request.stream, max_bytes=max_bytes) as blob:
+        body = binary_body(request)
+        with artifacts.receive(body, max_bytes=settings.FLPORTAL_MAX_UPDATE_BYTES) as blob:
             try:
                 version = services.version_create(fl_model=fl_model, blob=blob, actor=request.user)
             except services.CodecError as exc:

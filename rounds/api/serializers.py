@@ -101,19 +101,16 @@ class FederatedModelOutput(serializers.ModelSerializer):
         return self.context["latest"].get(fl_model.pk)
 
 
-class TrainingHintsInput(serializers.Serializer):
-    epochs = serializers.IntegerField(min_value=1, max_value=1000, required=False)
-    learning_rate = serializers.FloatField(min_value=0, max_value=100, required=False)
-    batch_size = serializers.IntegerField(min_value=1, max_value=1_000_000, required=False)
-    proximal_mu = serializers.FloatField(min_value=0, max_value=1000, required=False)
-
-
 class FederatedModelCreateInput(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     slug = serializers.SlugField(max_length=64, required=False, default="")
     description = serializers.CharField(required=False, default="", allow_blank=True)
     tensors = TensorSpecSerializer(many=True)
-    training_hints = TrainingHintsInput(required=False, default=dict)
+    training_hints = serializers.DictField(
+        required=False,
+        default=dict,
+        help_text="epochs (int), learning_rate, batch_size (int), proximal_mu; others refused",
+    )
     strategy = serializers.CharField(required=False, default="fedavg")
     strategy_params = serializers.DictField(required=False, default=dict)
     init = serializers.ChoiceField(choices=["random", "zeros", "none"], default="random")

@@ -82,18 +82,18 @@ def parse_training_hints(raw: Any) -> dict[str, Any]:
                 code="invalid_hints",
             )
         kind = HINT_TYPES[key]
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or (kind is int and not float(value).is_integer())
-        ):
+        low, high = HINT_BOUNDS[key]
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValidationFailed(
                 f"Training hint {key!r} must be a {kind.__name__}.", code="invalid_hints"
             )
-        low, high = HINT_BOUNDS[key]
-        if not (low <= value <= high) or not math.isfinite(value):
+        if not (low <= value <= high):  # also refuses NaN; compared before any conversion
             raise ValidationFailed(
                 f"Training hint {key!r} must be within [{low}, {high}].", code="invalid_hints"
+            )
+        if kind is int and value != int(value):
+            raise ValidationFailed(
+                f"Training hint {key!r} must be a {kind.__name__}.", code="invalid_hints"
             )
         hints[key] = kind(value)
     return hints
@@ -157,11 +157,11 @@ def fl_model_create(
                 created_by=actor if actor is not None and actor.is_authenticated else None,
             )
             audit.record(kind="model.created", actor=actor, data={"model": slug})
+            if init != "none":  # the model exists only with its first version
+                with artifacts.written(initial_weights(specs, init=init, seed=seed)) as blob:
+                    version_create(fl_model=fl_model, blob=blob, actor=actor)
     except IntegrityError:
         raise Conflict(f"A model with slug {slug!r} already exists.", code="slug_taken") from None
-    if init != "none":
-        with artifacts.written(initial_weights(specs, init=init, seed=seed)) as blob:
-            version_create(fl_model=fl_model, blob=blob, actor=actor)
     return fl_model
 
 

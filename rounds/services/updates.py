@@ -34,12 +34,12 @@ def round_for_merchant(*, round_id: int, merchant: Merchant) -> Round:
 
 
 def parse_num_examples(raw: Any) -> int:
-    try:
-        value = int(str(raw))
-    except (TypeError, ValueError):
+    text = str(raw) if raw is not None else ""
+    if not (text.isascii() and text.isdigit() and len(text) <= 13):
         raise ValidationFailed(
             "num_examples must be a positive integer.", code="invalid_num_examples"
-        ) from None
+        )
+    value = int(text)
     if not 1 <= value <= MAX_EXAMPLES:
         raise ValidationFailed(
             f"num_examples must be within [1, {MAX_EXAMPLES}].", code="invalid_num_examples"
@@ -61,15 +61,15 @@ def parse_metrics(raw: Any) -> dict[str, float]:
     for key, value in raw.items():
         if not isinstance(key, str) or not _METRIC_NAME.match(key):
             raise ValidationFailed(f"Invalid metric name {key!r}.", code="invalid_metrics")
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
+        try:
+            number = math.nan if isinstance(value, bool) else float(value)
+        except (TypeError, ValueError, OverflowError):  # e.g. a JSON integer beyond float range
+            number = math.nan
+        if not isinstance(value, int | float) or not math.isfinite(number):
             raise ValidationFailed(
                 f"Metric {key!r} must be a finite number.", code="invalid_metrics"
             )
-        metrics[key] = float(value)
+        metrics[key] = number
     return metrics
 
 
@@ -79,6 +79,8 @@ def updates_expected_specs(fl_round: Round) -> list[codec.TensorSpec]:
 
 def check_can_submit(*, fl_round: Round, merchant: Merchant) -> None:
     """The cheap checks, done before a byte of the body is read."""
+    if not fl_round.participants.filter(pk=merchant.pk).exists():
+        raise NotFound(f"No round {fl_round.pk} for this merchant.", code="round_not_found")
     if not merchant.is_active:
         raise PermissionDenied(f"Merchant is {merchant.status}.", code="merchant_inactive")
     if fl_round.status != Round.Status.OPEN:
