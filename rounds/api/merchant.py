@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from flportal.api import MerchantApiView
 from flportal.errors import NotFound, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from rounds import artifacts, services
-from rounds.api.serializers import MerchantRoundOutput, UpdateOutput
+from rounds.api.serializers import MerchantRoundListOutput, MerchantRoundOutput, UpdateOutput
 from rounds.artifacts import Readable
 from rounds.models import ModelVersion, Round, Update
 from rounds.services.updates import (
@@ -68,7 +68,8 @@ def _my_updates(merchant_id: int, round_ids: list[int]) -> dict[int, Update]:
 class RoundListApi(MerchantApiView):
     @extend_schema(
         tags=["merchant"],
-        responses=MerchantRoundOutput(many=True),
+        responses=MerchantRoundListOutput,
+        operation_id="merchant_rounds_list",
         summary="Open rounds I am invited to, with local-training hints",
     )
     def get(self, request: Request) -> Response:

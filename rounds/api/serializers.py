@@ -78,6 +78,10 @@ class MerchantRoundOutput(serializers.Serializer):
         return UpdateOutput(mine).data if mine else None
 
 
+class MerchantRoundListOutput(serializers.Serializer):
+    results = MerchantRoundOutput(many=True)
+
+
 class FederatedModelOutput(serializers.ModelSerializer):
     tensors = TensorSpecSerializer(many=True)
     latest_version = serializers.SerializerMethodField()
