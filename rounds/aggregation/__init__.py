@@ -1,6 +1,53 @@
 """Pure numpy aggregation strategies: no Django, no I/O, no hidden randomness."""
 
-from rounds.aggregation.core import AggregationError, check_compatible, check_weights
+from rounds.aggregation.clipping import clip, update_norms
+from rounds.aggregation.core import (
+    AggregationError,
+    assemble,
+    check_compatible,
+    check_weights,
+    partition_spans,
+)
 from rounds.aggregation.fedavg import fedavg
+from rounds.aggregation.robust import krum, krum_select, median, pairwise_gram, trimmed_mean
+from rounds.aggregation.server_opt import fedadagrad, fedadam, fedavgm, fedyogi
+from rounds.aggregation.strategies import (
+    LABELS,
+    PARALLEL,
+    STRATEGIES,
+    Outcome,
+    aggregate,
+    aggregate_span,
+    finish,
+    min_updates,
+    parse_params,
+)
 
-__all__ = ["AggregationError", "check_compatible", "check_weights", "fedavg"]
+__all__ = [
+    "LABELS",
+    "PARALLEL",
+    "STRATEGIES",
+    "AggregationError",
+    "Outcome",
+    "aggregate",
+    "aggregate_span",
+    "assemble",
+    "check_compatible",
+    "check_weights",
+    "clip",
+    "fedadagrad",
+    "fedadam",
+    "fedavg",
+    "fedavgm",
+    "fedyogi",
+    "finish",
+    "krum",
+    "krum_select",
+    "median",
+    "min_updates",
+    "pairwise_gram",
+    "parse_params",
+    "partition_spans",
+    "trimmed_mean",
+    "update_norms",
+]

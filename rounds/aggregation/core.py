@@ -1,15 +1,23 @@
-"""Checks shared by every strategy, and the chunked multiply-add they stream with."""
+"""What every strategy shares: checks with precise errors, flat views, and parameter spans.
+
+Strategies see updates as mappings of tensor name → array (numpy arrays or read-only memory maps
+of stored files, or lazily clipped views). They never copy K whole updates: they work either one
+update at a time or one cache-sized span of coordinates at a time.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from clients.sdk import codec
 
-Tensors = Mapping[str, np.ndarray]
-CHUNK = 1 << 18  # elements per multiply-add step: small enough to stay in cache
+Tensors = Mapping[str, Any]  # name → np.ndarray, or an array-like with shape/dtype/flat slicing
+Spans = Mapping[str, tuple[int, int]]  # name → [start, stop) in the tensor's flattened index
+CHUNK = 1 << 16  # coordinates per step of a chunked loop: fits the working set in L2
 
 
 class AggregationError(ValueError):
@@ -21,7 +29,7 @@ class AggregationError(ValueError):
         self.detail = detail
 
 
-def check_weights(weights: Sequence[float]) -> np.ndarray:
+def check_weights(weights: Sequence[float], count: int | None = None) -> np.ndarray:
     array = np.asarray(weights, dtype=np.float64)
     if array.ndim != 1 or array.size == 0:
         raise AggregationError("Need at least one update to aggregate.", code="no_updates")
@@ -29,28 +37,109 @@ def check_weights(weights: Sequence[float]) -> np.ndarray:
         raise AggregationError(
             "Every update weight must be a positive finite number.", code="invalid_weights"
         )
+    if count is not None and array.size != count:
+        raise AggregationError(
+            f"Got {count} updates for {array.size} weights.", code="weights_mismatch"
+        )
     return array
+
+
+def specs_of(tensors: Tensors) -> list[codec.TensorSpec]:
+    return [
+        codec.TensorSpec(name, tuple(int(d) for d in a.shape), np.dtype(a.dtype).name)
+        for name, a in sorted(tensors.items())
+    ]
 
 
 def check_compatible(reference: list[codec.TensorSpec], candidate: Tensors, *, index: int) -> None:
     """Same tensor names, shapes and dtypes as the first update (the wire codec's rule)."""
     try:
-        codec.check_compatible(codec.specs_of(candidate), reference)
+        codec.check_compatible(specs_of(candidate), reference)
     except codec.CodecError as exc:
         raise AggregationError(f"Update {index}: {exc.detail}", code=exc.code) from None
 
 
-def accumulator_dtype(dtype: np.dtype) -> np.dtype:
-    """Half precision is accumulated in single precision; others in their own precision."""
-    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+def reference_specs(updates: Sequence[Tensors]) -> list[codec.TensorSpec]:
+    """The common tensor layout of ``updates`` (all checked against the first)."""
+    if not updates:
+        raise AggregationError("Need at least one update to aggregate.", code="no_updates")
+    reference = specs_of(updates[0])
+    for index, update in enumerate(updates[1:], start=1):
+        check_compatible(reference, update, index=index)
+    return reference
 
 
-def add_scaled(acc: np.ndarray, x: np.ndarray, coefficient: float, scratch: np.ndarray) -> None:
-    """``acc += coefficient * x`` in cache-sized chunks, without a full-size temporary."""
-    acc_flat = acc.reshape(-1)
-    x_flat = x.reshape(-1)
-    for start in range(0, acc_flat.size, CHUNK):
-        stop = min(acc_flat.size, start + CHUNK)
-        buf = scratch[: stop - start]
-        np.multiply(x_flat[start:stop], coefficient, out=buf, casting="unsafe")
-        np.add(acc_flat[start:stop], buf, out=acc_flat[start:stop])
+def accumulator_dtype(dtype: np.dtype | str) -> np.dtype:
+    """Half precision is computed in single precision; others in their own precision."""
+    dtype = np.dtype(dtype)
+    return np.dtype(np.float32) if dtype == np.float16 else dtype
+
+
+def flat(array: Any) -> Any:
+    """A 1-d view (no copy) of an array, or the array-like's own flat view."""
+    return array.reshape(-1)
+
+
+def full_spans(specs: Sequence[codec.TensorSpec]) -> dict[str, tuple[int, int]]:
+    return {spec.name: (0, spec.size) for spec in specs}
+
+
+def iter_spans(
+    specs: Sequence[codec.TensorSpec], spans: Spans | None
+) -> Iterator[tuple[codec.TensorSpec, int, int]]:
+    """(spec, start, stop) for each tensor the spans cover, in name order."""
+    chosen = full_spans(specs) if spans is None else spans
+    for spec in specs:
+        if spec.name in chosen:
+            start, stop = chosen[spec.name]
+            if not 0 <= start <= stop <= spec.size:
+                raise AggregationError(
+                    f"Span {start}:{stop} outside {spec.name!r}.", code="invalid_span"
+                )
+            yield spec, start, stop
+
+
+def partition_spans(
+    specs: Sequence[codec.TensorSpec], parts: int
+) -> list[dict[str, tuple[int, int]]]:
+    """Cut the concatenated parameter vector into ``parts`` contiguous, near-equal pieces."""
+    total = sum(spec.size for spec in specs)
+    parts = max(1, min(parts, total))
+    bounds = [round(total * i / parts) for i in range(parts + 1)]
+    pieces: list[dict[str, tuple[int, int]]] = [{} for _ in range(parts)]
+    offset = 0
+    for spec in specs:
+        begin, end = offset, offset + spec.size
+        for i in range(parts):
+            lo, hi = max(begin, bounds[i]), min(end, bounds[i + 1])
+            if lo < hi:
+                pieces[i][spec.name] = (lo - begin, hi - begin)
+        offset = end
+    return [piece for piece in pieces if piece]
+
+
+def assemble(
+    specs: Sequence[codec.TensorSpec], parts: Sequence[tuple[Spans, Tensors]]
+) -> dict[str, np.ndarray]:
+    """Stitch flat span results (``name`` → 1-d array) back into whole tensors."""
+    result = {spec.name: np.empty(spec.size, dtype=spec.dtype) for spec in specs}
+    covered = {spec.name: 0 for spec in specs}
+    for spans, arrays in parts:
+        for name, (start, stop) in spans.items():
+            result[name][start:stop] = arrays[name]
+            covered[name] += stop - start
+    for spec in specs:
+        if covered[spec.name] != spec.size:
+            raise AggregationError(
+                f"Slices cover {covered[spec.name]} of {spec.size} values of {spec.name!r}.",
+                code="incomplete_slices",
+            )
+    return {spec.name: result[spec.name].reshape(spec.shape) for spec in specs}
+
+
+def span_size(spans: Spans) -> int:
+    return sum(stop - start for start, stop in spans.values())
+
+
+def prod(shape: Sequence[int]) -> int:
+    return math.prod(shape)
