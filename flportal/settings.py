@@ -134,6 +134,9 @@ STORAGES = {
 FLPORTAL_MAX_UPDATE_BYTES = env_int("FLPORTAL_MAX_UPDATE_BYTES", 512 * 1024 * 1024, minimum=1024)
 FLPORTAL_MAX_JSON_BYTES = env_int("FLPORTAL_MAX_JSON_BYTES", 1024 * 1024, minimum=1024)
 FLPORTAL_UPLOAD_CHUNK_BYTES = 1024 * 1024
+# Models at least this large are aggregated as a chord of this many parallel slice tasks.
+FLPORTAL_PARALLEL_MIN_PARAMS = env_int("FLPORTAL_PARALLEL_MIN_PARAMS", 4_000_000, minimum=1)
+FLPORTAL_AGGREGATION_SLICES = env_int("FLPORTAL_AGGREGATION_SLICES", 4, minimum=1)
 
 # --- auth, API ------------------------------------------------------------------------------
 LOGIN_URL = "login"

@@ -6,19 +6,19 @@ from django.db.models import Q
 from django.utils import timezone
 
 from clients.models import Merchant
+from rounds.aggregation import LABELS
+
+STRATEGY_CHOICES = [(name, label) for name, label in LABELS.items()]
 
 
 class FederatedModel(models.Model):
     """A model trained by the federation: its tensors, strategy and local-training hints."""
 
-    class Strategy(models.TextChoices):
-        FEDAVG = "fedavg", "FedAvg (weighted by examples)"
-
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=64, unique=True)
     description = models.TextField(blank=True)
     tensors = models.JSONField(help_text="[{name, shape, dtype}, ...]")
-    strategy = models.CharField(max_length=32, choices=Strategy.choices, default=Strategy.FEDAVG)
+    strategy = models.CharField(max_length=32, choices=STRATEGY_CHOICES, default="fedavg")
     strategy_params = models.JSONField(default=dict, blank=True)
     training_hints = models.JSONField(
         default=dict, blank=True, help_text="epochs, learning_rate, batch_size, proximal_mu"
@@ -47,6 +47,14 @@ class ModelVersion(models.Model):
         "Round", null=True, blank=True, on_delete=models.PROTECT, related_name="result_version"
     )
     strategy = models.CharField(max_length=32, blank=True)
+    strategy_params = models.JSONField(default=dict, blank=True)
+    state = models.FileField(
+        upload_to="states/",
+        max_length=255,
+        blank=True,
+        help_text="server-optimiser state (safetensors) carried to the next round",
+    )
+    aggregation = models.JSONField(default=dict, blank=True, help_text="what the strategy did")
     metrics = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -77,6 +85,8 @@ class Round(models.Model):
     base_version = models.ForeignKey(
         ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="rounds"
     )
+    strategy = models.CharField(max_length=32, blank=True, help_text="fixed when the round opens")
+    strategy_params = models.JSONField(default=dict, blank=True)
     min_updates = models.PositiveIntegerField(help_text="quorum: fewer at the deadline fails")
     target_updates = models.PositiveIntegerField(help_text="close as soon as this many arrive")
     duration_seconds = models.PositiveIntegerField(help_text="from opening to the deadline")

@@ -384,7 +384,7 @@ def test_an_unknown_model_is_not_found(operator_client):
             "invalid_tensors",
         ),
         ({"name": "m", "tensors": SMALL_TENSORS, "init": "ones"}, "invalid_choice"),
-        ({"name": "m", "tensors": SMALL_TENSORS, "strategy": "fedprox"}, "invalid_strategy"),
+        ({"name": "m", "tensors": SMALL_TENSORS, "strategy": "fedsgd"}, "unknown_strategy"),
     ],
 )
 def test_a_model_with_invalid_tensors_or_options_is_refused(operator_client, payload, code):

@@ -256,7 +256,7 @@ def test_fl_model_create_normalises_hint_types():
     ("kwargs", "code"),
     [
         ({"init": "ones"}, "invalid_init"),
-        ({"strategy": "fedprox"}, "invalid_strategy"),
+        ({"strategy": "fedsgd"}, "unknown_strategy"),
         ({"strategy_params": {"mu": 1}}, "invalid_strategy_params"),
         ({"name": " "}, "name_required"),
     ],

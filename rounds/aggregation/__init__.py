@@ -1,6 +1,6 @@
 """Pure numpy aggregation strategies: no Django, no I/O, no hidden randomness."""
 
-from rounds.aggregation.clipping import clip, update_norms
+from rounds.aggregation.clipping import clip, scale_deltas, update_norms
 from rounds.aggregation.core import (
     AggregationError,
     assemble,
@@ -48,6 +48,7 @@ __all__ = [
     "pairwise_gram",
     "parse_params",
     "partition_spans",
+    "scale_deltas",
     "trimmed_mean",
     "update_norms",
 ]

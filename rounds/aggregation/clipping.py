@@ -37,11 +37,20 @@ def clip(
     if not np.isfinite(max_norm) or max_norm <= 0:
         raise AggregationError("clip_norm must be positive.", code="invalid_strategy_params")
     norms = update_norms(updates, reference=reference)
-    clipped: list[Tensors] = []
-    for update, norm in zip(updates, norms, strict=True):
-        scale = 1.0 if norm <= max_norm else max_norm / norm
-        clipped.append(update if scale == 1.0 else ScaledDelta(update, reference, scale))
-    return clipped, norms
+    scales = [1.0 if norm <= max_norm else max_norm / norm for norm in norms]
+    return scale_deltas(updates, reference=reference, scales=scales), norms
+
+
+def scale_deltas(
+    updates: Sequence[Tensors], *, reference: Tensors, scales: Sequence[float]
+) -> list[Tensors]:
+    """Apply clipping scales computed earlier (e.g. once, before parallel slices)."""
+    if len(scales) != len(updates):
+        raise AggregationError("One scale per update is needed.", code="weights_mismatch")
+    return [
+        update if scale == 1.0 else ScaledDelta(update, reference, float(scale))
+        for update, scale in zip(updates, scales, strict=True)
+    ]
 
 
 class ScaledDelta(Mapping[str, Any]):

@@ -55,7 +55,9 @@ CLIP_NORM = Param(
 
 STRATEGIES: dict[str, dict[str, Param]] = {
     "fedavg": {},
-    "fedprox": {},
+    "fedprox": {
+        "mu": Param(0.01, 0.0, 1000.0, help="proximal term, sent to clients as proximal_mu")
+    },
     "fedavgm": {
         "server_lr": Param(1.0, 0.0, 100.0, low_inclusive=False),
         "momentum": Param(0.9, 0.0, 1.0, high_inclusive=False),
@@ -201,7 +203,7 @@ def finish(
     optimizer = SERVER_OPTIMIZERS.get(strategy)
     if optimizer is None:
         return Outcome(coordinatewise, {}, info)
-    options = {k: v for k, v in params.items() if k != "clip_norm"}
+    options = {k: v for k, v in params.items() if k != "clip_norm"}  # the rest are its own
     weights, new_state = optimizer(current, coordinatewise, state=state, **options)
     return Outcome(weights, new_state, info)
 

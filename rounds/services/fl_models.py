@@ -15,7 +15,7 @@ from django.utils.text import slugify
 
 from clients.sdk import codec
 from flportal.errors import Conflict, NotFound, ValidationFailed
-from rounds import artifacts, audit
+from rounds import aggregation, artifacts, audit
 from rounds.models import FederatedModel, ModelVersion, Round
 
 MAX_MODEL_PARAMS = 2_000_000_000
@@ -123,7 +123,7 @@ def fl_model_create(
     slug: str = "",
     description: str = "",
     training_hints: Any = None,
-    strategy: str = FederatedModel.Strategy.FEDAVG,
+    strategy: str = "fedavg",
     strategy_params: Any = None,
     init: str = "random",
     seed: int = 0,
@@ -138,10 +138,7 @@ def fl_model_create(
         raise ValidationFailed("Could not derive a slug from the name.", code="invalid_slug")
     specs = parse_tensor_specs(tensors)
     hints = parse_training_hints(training_hints)
-    if strategy not in FederatedModel.Strategy.values:
-        raise ValidationFailed(f"Unknown strategy {strategy!r}.", code="invalid_strategy")
-    if strategy_params:
-        raise ValidationFailed("FedAvg takes no parameters.", code="invalid_strategy_params")
+    params = parse_strategy(strategy, strategy_params)
     if init not in {"random", "zeros", "none"}:
         raise ValidationFailed("init must be random, zeros or none.", code="invalid_init")
     try:
@@ -153,7 +150,7 @@ def fl_model_create(
                 tensors=[s.as_dict() for s in specs],
                 training_hints=hints,
                 strategy=strategy,
-                strategy_params={},
+                strategy_params=params,
                 created_by=actor if actor is not None and actor.is_authenticated else None,
             )
             audit.record(kind="model.created", actor=actor, data={"model": slug})
@@ -162,6 +159,53 @@ def fl_model_create(
                     version_create(fl_model=fl_model, blob=blob, actor=actor)
     except IntegrityError:
         raise Conflict(f"A model with slug {slug!r} already exists.", code="slug_taken") from None
+    return fl_model
+
+
+def parse_strategy(strategy: str, params: Any) -> dict[str, Any]:
+    """Validated strategy parameters (defaults filled in), or a 400 with the library's code."""
+    if params is not None and not isinstance(params, Mapping):
+        raise ValidationFailed("strategy_params must be an object.", code="invalid_strategy_params")
+    try:
+        return aggregation.parse_params(strategy, params)
+    except aggregation.AggregationError as exc:
+        raise ValidationFailed(exc.detail, code=exc.code) from None
+
+
+def fl_model_update(
+    *,
+    fl_model: FederatedModel,
+    strategy: str | None = None,
+    strategy_params: Any = None,
+    training_hints: Any = None,
+    description: str | None = None,
+    actor: AbstractBaseUser | None = None,
+) -> FederatedModel:
+    """Change how the model is trained. Applies from the next round that opens; a running
+    round keeps the strategy it opened with."""
+    changes: dict[str, Any] = {}
+    if strategy is not None or strategy_params is not None:
+        name = strategy or fl_model.strategy
+        given = (
+            strategy_params
+            if strategy_params is not None
+            else (fl_model.strategy_params if name == fl_model.strategy else {})
+        )
+        changes.update(strategy=name, strategy_params=parse_strategy(name, given))
+    if training_hints is not None:
+        changes["training_hints"] = parse_training_hints(training_hints)
+    if description is not None:
+        changes["description"] = description
+    if not changes:
+        return fl_model
+    with transaction.atomic():
+        FederatedModel.objects.filter(pk=fl_model.pk).update(**changes)
+        audit.record(
+            kind="model.updated",
+            actor=actor,
+            data={"model": fl_model.slug, **{k: v for k, v in changes.items()}},
+        )
+    fl_model.refresh_from_db()
     return fl_model
 
 

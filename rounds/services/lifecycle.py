@@ -8,7 +8,9 @@ events are broadcast only after the transaction commits.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,10 +23,10 @@ from django.utils import timezone
 from clients.models import Merchant
 from clients.sdk import codec
 from flportal.errors import Conflict, NotFound, ValidationFailed
-from rounds import artifacts, audit, broadcast
-from rounds.aggregation import AggregationError, fedavg
-from rounds.models import FederatedModel, Round, Update
-from rounds.services.fl_models import version_create, version_latest
+from rounds import aggregation, artifacts, audit, broadcast
+from rounds.aggregation import AggregationError
+from rounds.models import FederatedModel, ModelVersion, Round, Update
+from rounds.services.fl_models import fl_model_specs, version_create, version_latest
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,13 @@ def round_create(
     opens_at = opens_at or now
     if opens_at < now - timedelta(minutes=5):
         raise ValidationFailed("opens_at is in the past.", code="invalid_opens_at")
+    needed = aggregation.min_updates(fl_model.strategy, fl_model.strategy_params)
+    if min_updates < needed:
+        raise ValidationFailed(
+            f"{aggregation.LABELS[fl_model.strategy]} with these parameters needs at least "
+            f"{needed} updates; min_updates is {min_updates}.",
+            code="quorum_too_small",
+        )
     if version_latest(fl_model) is None:
         raise Conflict(
             "The model has no version yet; upload initial weights first.",
@@ -106,10 +115,16 @@ def round_open(*, fl_round: Round) -> bool:
         base_version = version_latest(fl_round.fl_model)
         now = timezone.now()
         deadline = now + timedelta(seconds=fl_round.duration_seconds)
+        fl_model = FederatedModel.objects.get(pk=fl_round.fl_model_id)
         claimed = Round.objects.filter(
             pk=fl_round.pk, status=Round.Status.SCHEDULED, opens_at__lte=now
         ).update(
-            status=Round.Status.OPEN, opened_at=now, deadline_at=deadline, base_version=base_version
+            status=Round.Status.OPEN,
+            opened_at=now,
+            deadline_at=deadline,
+            base_version=base_version,
+            strategy=fl_model.strategy,  # fixed for this round, whatever changes later
+            strategy_params=fl_model.strategy_params,
         )
         if claimed != 1:
             return False
@@ -124,7 +139,14 @@ def round_open(*, fl_round: Round) -> bool:
                 "base_version": base_version.number if base_version else None,
             },
         )
-        if len(participants) < fl_round.min_updates:
+        needed = aggregation.min_updates(fl_round.strategy, fl_round.strategy_params)
+        if fl_round.min_updates < needed:
+            _fail(
+                fl_round,
+                f"{aggregation.LABELS[fl_round.strategy]} now needs at least "
+                f"{needed} updates; this round's quorum is {fl_round.min_updates}.",
+            )
+        elif len(participants) < fl_round.min_updates:
             _fail(
                 fl_round,
                 f"Only {len(participants)} active merchants can take part; the "
@@ -199,48 +221,127 @@ def rounds_tick(*, now: datetime | None = None) -> dict[str, int]:
 
 
 def round_aggregate(*, round_id: int) -> int | None:
-    """Aggregate a closed round into a new version. Idempotent: a round that is no longer
-    aggregating (already done by another worker, or gone) is left alone. Returns the version
-    number produced, or None."""
-    fl_round = Round.objects.select_related("fl_model", "base_version").filter(pk=round_id).first()
-    if fl_round is None or fl_round.status != Round.Status.AGGREGATING:
-        logger.info("round %s is not aggregating; nothing to do", round_id)
+    """Aggregate a closed round into a new version in this process. Idempotent: a round that
+    is no longer aggregating (done by another worker, or gone) is left alone. Returns the
+    version number produced, or None."""
+    fl_round = _aggregating(round_id)
+    if fl_round is None:
         return None
-    updates = list(fl_round.updates.filter(status=Update.Status.ACCEPTED).order_by("merchant_id"))
+    updates = _accepted_updates(fl_round)
     try:
-        result = _fedavg_from_storage(updates)
+        with _opened(fl_round, updates) as (arrays, current, state):
+            outcome = aggregation.aggregate(
+                fl_round.strategy,
+                fl_round.strategy_params,
+                updates=arrays,
+                weights=[u.num_examples for u in updates],
+                current=current,
+                state=state,
+            )
     except (AggregationError, codec.CodecError, OSError) as exc:
-        with transaction.atomic():
-            locked = Round.objects.select_for_update().get(pk=round_id)
-            if locked.status == Round.Status.AGGREGATING:
-                _fail(locked, f"Aggregation failed: {getattr(exc, 'detail', exc)}")
+        _fail_aggregation(round_id, exc)
         return None
-    metrics = _weighted_metrics(updates)
-    stored: list[str] = []
+    return _complete(fl_round, updates, outcome)
+
+
+def round_aggregation_plan(*, round_id: int, min_params: int, slices: int) -> dict[str, Any] | None:
+    """How to aggregate in parallel slices, or None to do it in one task (small models,
+    strategies that need every coordinate at once, rounds no longer aggregating).
+
+    The plan is plain JSON (spans of flat indices, clipping scales): arrays never travel
+    through the broker; every slice task reads the stored files itself."""
+    fl_round = _aggregating(round_id)
+    if fl_round is None or slices < 2 or fl_round.strategy not in aggregation.PARALLEL:
+        return None
+    specs = fl_model_specs(fl_round.fl_model)
+    if sum(spec.size for spec in specs) < min_params:
+        return None
+    updates = _accepted_updates(fl_round)
+    scales: list[float] | None = None
+    info: dict[str, Any] = {}
+    clip_norm = fl_round.strategy_params.get("clip_norm")
+    if clip_norm is not None:
+        try:
+            with _opened(fl_round, updates) as (arrays, current, _):
+                norms = aggregation.update_norms(arrays, reference=current)
+        except (AggregationError, codec.CodecError, OSError) as exc:
+            _fail_aggregation(round_id, exc)
+            return None
+        scales = [1.0 if n <= clip_norm else clip_norm / n for n in norms]
+        info = {
+            "clipped": int(sum(n > clip_norm for n in norms)),
+            "max_norm_seen": float(max(norms)),
+        }
+    return {"spans": aggregation.partition_spans(specs, slices), "scales": scales, "info": info}
+
+
+def round_aggregate_slice(
+    *, round_id: int, spans: dict[str, list[int]], scales: list[float] | None
+) -> str | None:
+    """One parallel slice: the coordinate-wise result over ``spans``, stored as a part file."""
+    fl_round = _aggregating(round_id)
+    if fl_round is None:
+        return None
+    updates = _accepted_updates(fl_round)
+    spans_t = {name: (int(a), int(b)) for name, (a, b) in spans.items()}
     try:
-        with artifacts.written(result) as blob, transaction.atomic():
-            locked = Round.objects.select_for_update().get(pk=round_id)
-            if locked.status != Round.Status.AGGREGATING:
-                return None  # another worker finished first
-            version = version_create(
-                fl_model=fl_round.fl_model, blob=blob, produced_by=locked, metrics=metrics
+        with _opened(fl_round, updates) as (arrays, current, _):
+            if scales is not None:
+                arrays = aggregation.scale_deltas(arrays, reference=current, scales=scales)
+            part = aggregation.aggregate_span(
+                fl_round.strategy,
+                fl_round.strategy_params,
+                updates=arrays,
+                weights=[u.num_examples for u in updates],
+                spans=spans_t,
             )
-            stored.append(version.weights.name)
-            _transition(
-                locked, Round.Status.AGGREGATING, Round.Status.COMPLETED, finished_at=timezone.now()
+    except (AggregationError, codec.CodecError, OSError) as exc:
+        _fail_aggregation(round_id, exc)
+        return None
+    with artifacts.written(part) as blob:
+        return artifacts.store(blob, f"aggregation/{round_id}/part-{blob.sha256[:16]}.safetensors")
+
+
+def round_aggregate_finish(
+    *, round_id: int, plan: dict[str, Any], parts: list[str | None]
+) -> int | None:
+    """Stitch the slices, apply the server optimiser, publish the version."""
+    try:
+        fl_round = _aggregating(round_id)
+        if fl_round is None or any(name is None for name in parts):
+            return None
+        updates = _accepted_updates(fl_round)
+        specs = fl_model_specs(fl_round.fl_model)
+        pieces = []
+        with contextlib.ExitStack() as stack:
+            for spans, name in zip(plan["spans"], parts, strict=True):
+                path = stack.enter_context(artifacts.local_path(name))
+                pieces.append(
+                    ({k: (int(a), int(b)) for k, (a, b) in spans.items()}, codec.open_arrays(path))
+                )
+            whole = aggregation.assemble(specs, pieces)
+        with _opened(fl_round, []) as (_, current, state):
+            outcome = aggregation.finish(
+                fl_round.strategy,
+                fl_round.strategy_params,
+                coordinatewise=whole,
+                current=current,
+                state=state,
+                info=dict(plan.get("info") or {}),
             )
-            audit.record(
-                kind="round.completed",
-                fl_round=locked,
-                data={"version": version.number, "participants": len(updates), "metrics": metrics},
-            )
-            _announce(locked, "round.completed")
-            _open_next_on_commit(locked.fl_model_id)
-    except Exception:
-        for name in stored:  # the transaction rolled back: the file must not outlive it
-            artifacts.delete(name)
-        raise
-    return version.number
+        return _complete(fl_round, updates, outcome)
+    except (AggregationError, codec.CodecError, OSError) as exc:
+        _fail_aggregation(round_id, exc)
+        return None
+    finally:
+        for name in parts:
+            if name:
+                artifacts.delete(name)
+
+
+def round_aggregation_failed(*, round_id: int, reason: str) -> None:
+    """A slice task died unexpectedly: fail the round rather than leave it aggregating."""
+    _fail_aggregation(round_id, RuntimeError(reason))
 
 
 def round_snapshot(fl_round: Round) -> dict[str, Any]:
@@ -357,13 +458,102 @@ def _open_next_on_commit(fl_model_id: int) -> None:
     transaction.on_commit(open_next)
 
 
-def _fedavg_from_storage(updates: list[Update]) -> dict[str, Any]:
-    def stream():  # one update mapped at a time
-        for update in updates:
-            with artifacts.local_path(update.weights.name) as path:
-                yield codec.open_arrays(path)
+def _aggregating(round_id: int) -> Round | None:
+    fl_round = Round.objects.select_related("fl_model", "base_version").filter(pk=round_id).first()
+    if fl_round is None or fl_round.status != Round.Status.AGGREGATING:
+        logger.info("round %s is not aggregating; nothing to do", round_id)
+        return None
+    return fl_round
 
-    return fedavg(stream(), [u.num_examples for u in updates])
+
+def _accepted_updates(fl_round: Round) -> list[Update]:
+    return list(
+        fl_round.updates.filter(status=Update.Status.ACCEPTED)
+        .select_related("merchant")
+        .order_by("merchant_id")
+    )
+
+
+@contextlib.contextmanager
+def _opened(fl_round: Round, updates: list[Update]) -> Iterator[tuple[list, dict, dict]]:
+    """Memory-map every update, the base version and its optimiser state (zero-copy)."""
+    with contextlib.ExitStack() as stack:
+
+        def mapped(name: str) -> dict[str, Any]:
+            return codec.open_arrays(stack.enter_context(artifacts.local_path(name)))
+
+        arrays = [mapped(u.weights.name) for u in updates]
+        base = fl_round.base_version
+        current = mapped(base.weights.name) if base else {}
+        state = mapped(base.state.name) if base and base.state else {}
+        yield arrays, current, state
+
+
+def _complete(fl_round: Round, updates: list[Update], outcome: aggregation.Outcome) -> int | None:
+    """Publish the outcome as the next version and complete the round (once, whoever wins)."""
+    round_id = fl_round.pk
+    metrics = _weighted_metrics(updates)
+    info = dict(outcome.info)
+    if "kept" in info:
+        info["kept"] = [updates[i].merchant.slug for i in info["kept"]]
+    stored: list[str] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            blob = stack.enter_context(artifacts.written(outcome.weights))
+            state_name = ""
+            if outcome.state:
+                state_blob = stack.enter_context(artifacts.written(outcome.state))
+                state_name = artifacts.store(
+                    state_blob,
+                    f"states/{fl_round.fl_model.slug}/{state_blob.sha256[:16]}.safetensors",
+                )
+                stored.append(state_name)
+            with transaction.atomic():
+                locked = Round.objects.select_for_update().get(pk=round_id)
+                if locked.status != Round.Status.AGGREGATING:
+                    artifacts.delete(state_name)
+                    return None  # another worker finished first
+                version = version_create(
+                    fl_model=fl_round.fl_model, blob=blob, produced_by=locked, metrics=metrics
+                )
+                stored.append(version.weights.name)
+                ModelVersion.objects.filter(pk=version.pk).update(
+                    strategy=locked.strategy,
+                    strategy_params=locked.strategy_params,
+                    state=state_name,
+                    aggregation=info,
+                )
+                _transition(
+                    locked,
+                    Round.Status.AGGREGATING,
+                    Round.Status.COMPLETED,
+                    finished_at=timezone.now(),
+                )
+                audit.record(
+                    kind="round.completed",
+                    fl_round=locked,
+                    data={
+                        "version": version.number,
+                        "participants": len(updates),
+                        "strategy": locked.strategy,
+                        "aggregation": info,
+                        "metrics": metrics,
+                    },
+                )
+                _announce(locked, "round.completed")
+                _open_next_on_commit(locked.fl_model_id)
+    except Exception:
+        for name in stored:  # the transaction rolled back: no file may outlive it
+            artifacts.delete(name)
+        raise
+    return version.number
+
+
+def _fail_aggregation(round_id: int, exc: Exception) -> None:
+    with transaction.atomic():
+        locked = Round.objects.select_for_update().get(pk=round_id)
+        if locked.status == Round.Status.AGGREGATING:
+            _fail(locked, f"Aggregation failed: {getattr(exc, 'detail', exc)}")
 
 
 def _weighted_metrics(updates: list[Update]) -> dict[str, float]:
