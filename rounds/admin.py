@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from typing import Any
+
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -7,21 +10,67 @@ from django.http import HttpRequest
 from flportal.errors import DomainError
 from rounds import services
 from rounds.models import Event, FederatedModel, ModelVersion, Round, Update
+from rounds.services.fl_models import parse_training_hints
+
+
+class FederatedModelForm(forms.ModelForm):
+    """The strategy, its parameters and the hints, validated by the same rules as the API."""
+
+    class Meta:
+        model = FederatedModel
+        fields = ["name", "description", "strategy", "strategy_params", "training_hints"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        try:
+            data["strategy_params"] = services.parse_strategy(
+                data.get("strategy", ""), data.get("strategy_params") or {}
+            )
+        except DomainError as exc:
+            self.add_error("strategy_params", f"{exc.code}: {exc.detail}")
+        try:
+            data["training_hints"] = parse_training_hints(data.get("training_hints") or {})
+        except DomainError as exc:
+            self.add_error("training_hints", f"{exc.code}: {exc.detail}")
+        return data
 
 
 @admin.register(FederatedModel)
 class FederatedModelAdmin(admin.ModelAdmin):
+    form = FederatedModelForm
     list_display = ["name", "slug", "strategy", "created_at"]
-    readonly_fields = ["tensors", "created_at", "created_by"]
+    readonly_fields = ["slug", "tensors", "created_at", "created_by"]
     search_fields = ["name", "slug"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # defined through the operator API, which creates the initial version
 
+    def save_model(
+        self, request: HttpRequest, obj: FederatedModel, form: Any, change: bool
+    ) -> None:
+        data = form.cleaned_data
+        FederatedModel.objects.filter(pk=obj.pk).update(name=data["name"])
+        services.fl_model_update(
+            fl_model=FederatedModel.objects.get(pk=obj.pk),
+            strategy=data["strategy"],
+            strategy_params=data["strategy_params"],
+            training_hints=data["training_hints"],
+            description=data["description"],
+            actor=request.user,
+        )
+
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ["fl_model", "number", "sha256", "size_bytes", "produced_by", "created_at"]
+    list_display = [
+        "fl_model",
+        "number",
+        "strategy",
+        "sha256",
+        "size_bytes",
+        "produced_by",
+        "created_at",
+    ]
     list_filter = ["fl_model"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -37,6 +86,7 @@ class RoundAdmin(admin.ModelAdmin):
         "fl_model",
         "number",
         "status",
+        "strategy",
         "min_updates",
         "target_updates",
         "opens_at",

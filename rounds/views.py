@@ -7,6 +7,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from rounds import services
+from rounds.aggregation import LABELS
 from rounds.models import Round
 
 
@@ -23,8 +24,14 @@ def round_detail(request: HttpRequest, round_id: int) -> HttpResponse:
     fl_round = Round.objects.select_related("fl_model", "base_version").filter(pk=round_id).first()
     if fl_round is None:
         raise Http404("No such round")
-    return render(
-        request,
-        "rounds/round_detail.html",
-        {"fl_round": fl_round, "snapshot": services.round_snapshot(fl_round)},
-    )
+    snapshot = services.round_snapshot(fl_round)
+    context = {
+        "fl_round": fl_round,
+        "snapshot": snapshot,
+        "strategy_label": LABELS.get(snapshot["strategy"], snapshot["strategy"]),
+        "aggregation_text": " · ".join(
+            f"{key}: {', '.join(map(str, value)) if isinstance(value, list) else value}"
+            for key, value in snapshot["aggregation"].items()
+        ),
+    }
+    return render(request, "rounds/round_detail.html", context)

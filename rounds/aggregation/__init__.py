@@ -12,6 +12,7 @@ from rounds.aggregation.fedavg import fedavg
 from rounds.aggregation.robust import krum, krum_select, median, pairwise_gram, trimmed_mean
 from rounds.aggregation.server_opt import fedadagrad, fedadam, fedavgm, fedyogi
 from rounds.aggregation.strategies import (
+    CLIP_NORM,
     LABELS,
     PARALLEL,
     STRATEGIES,
@@ -24,6 +25,7 @@ from rounds.aggregation.strategies import (
 )
 
 __all__ = [
+    "CLIP_NORM",
     "LABELS",
     "PARALLEL",
     "STRATEGIES",

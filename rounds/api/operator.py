@@ -12,13 +12,15 @@ from rest_framework.response import Response
 
 from flportal.api import OperatorApiView
 from flportal.errors import ValidationFailed
-from rounds import artifacts, services
+from rounds import aggregation, artifacts, services
 from rounds.api.merchant import BINARY, BinaryBody, binary_body
 from rounds.api.serializers import (
     FederatedModelCreateInput,
     FederatedModelOutput,
+    FederatedModelUpdateInput,
     RoundCreateInput,
     RoundOutput,
+    StrategyOutput,
     VersionOutput,
 )
 from rounds.models import FederatedModel, Round
@@ -58,6 +60,48 @@ class ModelDetailApi(OperatorApiView):
         fl_model = services.fl_model_get(slug=slug)
         context = {"latest": _latest_numbers([fl_model.pk])}
         return Response(FederatedModelOutput(fl_model, context=context).data)
+
+    @extend_schema(
+        tags=["operator"],
+        request=FederatedModelUpdateInput,
+        responses=FederatedModelOutput,
+        summary="Change the strategy, its parameters or the training hints (next round on)",
+    )
+    def patch(self, request: Request, slug: str) -> Response:
+        data = FederatedModelUpdateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        fl_model = services.fl_model_update(
+            fl_model=services.fl_model_get(slug=slug), actor=request.user, **data.validated_data
+        )
+        context = {"latest": _latest_numbers([fl_model.pk])}
+        return Response(FederatedModelOutput(fl_model, context=context).data)
+
+
+class StrategyListApi(OperatorApiView):
+    @extend_schema(
+        tags=["operator"],
+        responses=StrategyOutput(many=True),
+        summary="The aggregation strategies and their parameters",
+    )
+    def get(self, request: Request) -> Response:
+        catalogue = [
+            {
+                "name": name,
+                "label": aggregation.LABELS[name],
+                "parallel": name in aggregation.PARALLEL,
+                "params": [
+                    {
+                        "name": p,
+                        "default": spec.default,
+                        "constraint": spec.describe(),
+                        "help": spec.help,
+                    }
+                    for p, spec in {**schema, "clip_norm": aggregation.CLIP_NORM}.items()
+                ],
+            }
+            for name, schema in aggregation.STRATEGIES.items()
+        ]
+        return Response(StrategyOutput(catalogue, many=True).data)
 
 
 class VersionListApi(OperatorApiView):

@@ -6,6 +6,7 @@ from django.urls import reverse
 from rest_framework import serializers
 
 from rounds.models import FederatedModel, ModelVersion, Round, Update
+from rounds.services.lifecycle import round_training_hints
 
 
 class TensorSpecSerializer(serializers.Serializer):
@@ -33,6 +34,8 @@ class VersionOutput(serializers.ModelSerializer):
             "weights_url",
             "produced_by_round",
             "strategy",
+            "strategy_params",
+            "aggregation",
             "metrics",
             "created_at",
         ]
@@ -69,9 +72,12 @@ class MerchantRoundOutput(serializers.Serializer):
     status = serializers.CharField()
     deadline_at = serializers.DateTimeField(allow_null=True)
     base_version = VersionOutput()
-    training_hints = serializers.DictField(source="fl_model.training_hints")
+    training_hints = serializers.SerializerMethodField()
     tensors = TensorSpecSerializer(source="fl_model.tensors", many=True)
     my_update = serializers.SerializerMethodField()
+
+    def get_training_hints(self, fl_round: Round) -> dict[str, Any]:
+        return round_training_hints(fl_round)
 
     def get_my_update(self, fl_round: Round) -> dict[str, Any] | None:
         mine = self.context["my_updates"].get(fl_round.pk)
@@ -115,10 +121,33 @@ class FederatedModelCreateInput(serializers.Serializer):
         default=dict,
         help_text="epochs (int), learning_rate, batch_size (int), proximal_mu; others refused",
     )
-    strategy = serializers.CharField(required=False, default="fedavg")
+    strategy = serializers.CharField(
+        required=False, default="fedavg", help_text="see GET /api/v1/operator/strategies"
+    )
     strategy_params = serializers.DictField(required=False, default=dict)
     init = serializers.ChoiceField(choices=["random", "zeros", "none"], default="random")
     seed = serializers.IntegerField(min_value=0, max_value=2**32 - 1, default=0)
+
+
+class FederatedModelUpdateInput(serializers.Serializer):
+    description = serializers.CharField(required=False, allow_blank=True)
+    strategy = serializers.CharField(required=False)
+    strategy_params = serializers.DictField(required=False)
+    training_hints = serializers.DictField(required=False)
+
+
+class StrategyParamOutput(serializers.Serializer):
+    name = serializers.CharField()
+    default = serializers.FloatField(allow_null=True)
+    constraint = serializers.CharField()
+    help = serializers.CharField()
+
+
+class StrategyOutput(serializers.Serializer):
+    name = serializers.CharField()
+    label = serializers.CharField()
+    parallel = serializers.BooleanField()
+    params = StrategyParamOutput(many=True)
 
 
 class RoundCreateInput(serializers.Serializer):
@@ -141,6 +170,9 @@ class RoundOutput(serializers.Serializer):
     model = serializers.CharField()
     number = serializers.IntegerField()
     status = serializers.CharField()
+    strategy = serializers.CharField()
+    strategy_params = serializers.DictField()
+    aggregation = serializers.DictField()
     min_updates = serializers.IntegerField()
     target_updates = serializers.IntegerField()
     participants = serializers.IntegerField()

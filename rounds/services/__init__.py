@@ -21,6 +21,7 @@ from rounds.services.lifecycle import (
     round_get,
     round_open,
     round_snapshot,
+    round_training_hints,
     rounds_tick,
 )
 from rounds.services.updates import update_submit, updates_expected_specs
@@ -42,6 +43,7 @@ __all__ = [
     "round_get",
     "round_open",
     "round_snapshot",
+    "round_training_hints",
     "rounds_tick",
     "update_submit",
     "updates_expected_specs",

@@ -34,6 +34,14 @@ ACTIVE_STATUSES = (Round.Status.OPEN, Round.Status.AGGREGATING)
 MAX_DURATION = 30 * 24 * 3600
 
 
+def round_training_hints(fl_round: Round) -> dict[str, Any]:
+    """What clients are told about local training: the model's hints, plus FedProx's μ."""
+    hints = dict(fl_round.fl_model.training_hints)
+    if fl_round.strategy == "fedprox":
+        hints["proximal_mu"] = fl_round.strategy_params.get("mu", hints.get("proximal_mu", 0.0))
+    return hints
+
+
 def round_get(*, round_id: int) -> Round:
     fl_round = Round.objects.select_related("fl_model", "base_version").filter(pk=round_id).first()
     if fl_round is None:
@@ -357,6 +365,11 @@ def round_snapshot(fl_round: Round) -> dict[str, Any]:
         "model": fl_round.fl_model.slug,
         "number": fl_round.number,
         "status": fl_round.status,
+        "strategy": fl_round.strategy or fl_round.fl_model.strategy,
+        "strategy_params": fl_round.strategy_params
+        if fl_round.strategy
+        else fl_round.fl_model.strategy_params,
+        "aggregation": version.aggregation if version else {},
         "min_updates": fl_round.min_updates,
         "target_updates": fl_round.target_updates,
         "participants": fl_round.participants.count(),

@@ -24,6 +24,10 @@
     field("deadline_at").textContent = snapshot.deadline_at || "—";
     field("result_version").textContent = snapshot.result_version ? `v${snapshot.result_version}` : "—";
     field("failure_reason").textContent = snapshot.failure_reason || "";
+    const info = snapshot.aggregation || {};
+    field("aggregation").textContent = Object.keys(info).length
+      ? Object.entries(info).map(([k, v]) => `${k}: ${Array.isArray(v) ? v.join(", ") : v}`).join(" · ")
+      : "";
     const body = field("updates");
     body.replaceChildren(...snapshot.updates.map((u) => {
       const tr = document.createElement("tr");
