@@ -5,6 +5,7 @@ through the SDK over HTTP; an operator's browser session watches the round over 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
@@ -25,7 +26,7 @@ from django.test import Client
 from clients.sdk import FlportalClient, TrainResult, codec
 from clients.sdk.cli import run_merchant
 from flportal.processes import ProcessGroup, free_port, wait_http
-from rounds import artifacts, services
+from rounds import aggregation, artifacts, services
 from rounds.models import Round
 from tests.factories import MerchantFactory, OperatorFactory, make_fl_model, token_for
 
@@ -49,8 +50,8 @@ def database_url() -> str:
     return f"postgres://{auth}{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[str]:
+@contextlib.contextmanager
+def running_stack(tmp_path: Path, **extra_env: str) -> Iterator[str]:
     """Start web, worker and beat; yield the base URL; stop them all afterwards."""
     redis.Redis.from_url(settings.REDIS_URL).flushdb()  # no stale tasks from earlier runs
     port = free_port()
@@ -65,11 +66,12 @@ def stack(tmp_path: Path) -> Iterator[str]:
         ROUNDS_TICK_SECONDS="0.5",
         FLPORTAL_VAR_DIR=str(tmp_path / "var"),
         FLPORTAL_MAX_UPDATE_BYTES=str(UPLOAD_LIMIT),
+        **extra_env,
     )
     group = ProcessGroup(env=env, log_dir=tmp_path / "logs")
     try:
         group.web(port)
-        group.worker(concurrency=1)
+        group.worker(concurrency=2)
         group.beat(tmp_path / "beat-schedule")
         wait_http(f"http://127.0.0.1:{port}/accounts/login/", timeout=60, group=group)
         yield f"http://127.0.0.1:{port}"
@@ -79,6 +81,12 @@ def stack(tmp_path: Path) -> Iterator[str]:
         for log in sorted((tmp_path / "logs").glob("*.log")):
             text = log.read_text(errors="replace")
             assert "Traceback" not in text, f"{log.name}:\n{text[-3000:]}"
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[str]:
+    with running_stack(tmp_path) as url:
+        yield url
 
 
 class RecordingTrainer:
@@ -243,3 +251,66 @@ def test_the_server_refuses_an_oversized_body_before_reading_it(stack):
     assert streamed.status_code == 413
     assert streamed.json()["error"] == "update_too_large"
     assert not fl_round.updates.exists()
+
+
+def test_a_large_model_is_aggregated_by_a_chord_of_slices_equal_to_one_task(tmp_path):
+    """Parallel slices in a real worker publish what the single-task computation gives."""
+    tensors = [
+        {"name": "emb", "shape": [300, 16], "dtype": "float32"},
+        {"name": "head", "shape": [16], "dtype": "float32"},
+    ]
+    merchants = [MerchantFactory() for _ in range(4)]
+    tokens = [token_for(m) for m in merchants]
+    fl_model = make_fl_model(
+        slug="chord",
+        tensors=tensors,
+        init="random",
+        strategy="fedadam",
+        strategy_params={"eta": 0.05, "clip_norm": 20.0},
+    )
+    with running_stack(
+        tmp_path, FLPORTAL_PARALLEL_MIN_PARAMS="1000", FLPORTAL_AGGREGATION_SLICES="3"
+    ) as url:
+        fl_round = services.round_create(fl_model=fl_model, min_updates=4)
+        rng = np.random.default_rng(3)
+        for k, token in enumerate(tokens):
+            weights = {
+                t["name"]: rng.normal(k, 1.0, t["shape"]).astype(np.float32) for t in tensors
+            }
+            with FlportalClient(url, token) as client:
+                client.upload_update(fl_round.pk, weights, num_examples=20 + k)
+        deadline = time.monotonic() + 60
+        while Round.objects.get(pk=fl_round.pk).status != "completed":
+            assert time.monotonic() < deadline, Round.objects.values("status", "failure_reason")
+            time.sleep(0.1)
+        worker_log = (tmp_path / "logs" / "worker.log").read_text()
+
+    assert worker_log.count("rounds.tasks.round_aggregate_slice") >= 3
+    assert "rounds.tasks.round_aggregate_finish" in worker_log
+    fl_round.refresh_from_db()
+    version = fl_round.result_version
+    updates = list(fl_round.updates.order_by("merchant_id"))
+    with contextlib.ExitStack() as stack:
+        arrays = [
+            codec.open_arrays(stack.enter_context(artifacts.local_path(u.weights.name)))
+            for u in updates
+        ]
+        base = codec.open_arrays(
+            stack.enter_context(artifacts.local_path(fl_round.base_version.weights.name))
+        )
+        expected = aggregation.aggregate(
+            "fedadam",
+            fl_round.strategy_params,
+            updates=arrays,
+            weights=[u.num_examples for u in updates],
+            current=base,
+            state={},
+        )
+        published = codec.open_arrays(
+            stack.enter_context(artifacts.local_path(version.weights.name))
+        )
+        for name in expected.weights:
+            assert np.array_equal(published[name], expected.weights[name]), name
+        state = codec.open_arrays(stack.enter_context(artifacts.local_path(version.state.name)))
+        assert sorted(state) == sorted(expected.state)
+    assert version.strategy == "fedadam" and version.aggregation["clipped"] >= 1

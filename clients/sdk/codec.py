@@ -85,16 +85,13 @@ def encode(
     tensors: Mapping[str, np.ndarray], *, metadata: Mapping[str, str] | None = None
 ) -> bytes:
     _check_encodable(tensors)
-    arrays = {
-        name: np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
-        for name, a in tensors.items()
-    }
+    arrays = {name: _contiguous(a, a.dtype.newbyteorder("<")) for name, a in tensors.items()}
     return bytes(safetensors.numpy.save(arrays, metadata=dict(metadata) if metadata else None))
 
 
 def write(path: str | Path, tensors: Mapping[str, np.ndarray]) -> None:
     _check_encodable(tensors)
-    arrays = {name: np.ascontiguousarray(a) for name, a in tensors.items()}
+    arrays = {name: _contiguous(a, a.dtype) for name, a in tensors.items()}
     safetensors.numpy.save_file(arrays, str(path))
 
 
@@ -220,6 +217,11 @@ def check_finite(arrays: Mapping[str, np.ndarray]) -> None:
                 raise CodecError(
                     f"Tensor {name!r} contains NaN or infinite values.", code="non_finite_values"
                 )
+
+
+def _contiguous(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """C-contiguous in ``dtype``, keeping 0-d tensors 0-d (np.ascontiguousarray makes them 1-d)."""
+    return np.require(np.asarray(array, dtype=dtype), requirements="C")
 
 
 def _check_encodable(tensors: Mapping[str, np.ndarray]) -> None:
