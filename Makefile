@@ -30,6 +30,7 @@ test: setup
 
 bench: setup
 	$(PY) -m benchmarks.aggregation $(ARGS)
+	$(PY) -m benchmarks.round_close
 
 lint: setup
 	$(VENV)/bin/ruff check .
