@@ -46,7 +46,7 @@ def scale_deltas(
 ) -> list[Tensors]:
     """Apply clipping scales computed earlier (e.g. once, before parallel slices)."""
     if len(scales) != len(updates):
-        raise AggregationError("One scale per update is needed.", code="weights_mismatch")
+        raise AggregationError("One scale per update is needed.", code="scales_mismatch")
     return [
         update if scale == 1.0 else ScaledDelta(update, reference, float(scale))
         for update, scale in zip(updates, scales, strict=True)

@@ -59,8 +59,8 @@ def trimmed_mean(
 
 
 def pairwise_gram(updates: Sequence[Tensors], *, spans: Spans | None = None) -> np.ndarray:
-    """The K x K Gram matrix of the updates relative to the first one (over ``spans``),
-    accumulated in float64 by BLAS. Centring keeps the distances free of cancellation."""
+    """The K x K Gram matrix of the updates, centred on their coordinate-wise median (over
+    ``spans``), accumulated in float64 by BLAS."""
     specs = reference_specs(updates)
     count = len(updates)
     gram = np.zeros((count, count), dtype=np.float64)
@@ -72,8 +72,8 @@ def pairwise_gram(updates: Sequence[Tensors], *, spans: Spans | None = None) -> 
             rows = block[:, : hi - lo]
             for i, source in enumerate(sources):
                 rows[i] = source[lo:hi]
-            rows[1:] -= rows[0]
-            rows[0] = 0.0
+            rows -= np.median(rows, axis=0)  # distances are shift-invariant; a robust
+            # centre keeps them free of cancellation even when an outlier comes first
             gram += rows @ rows.T
     return gram
 
@@ -84,7 +84,9 @@ def krum_select(gram: np.ndarray, *, f: int, m: int = 1) -> list[int]:
     A score is the sum of squared distances to the ``K - f - 2`` nearest other updates.
     """
     count = gram.shape[0]
-    if f < 0 or count < 2 * f + 3:
+    if f < 0:
+        raise AggregationError("f must be >= 0.", code="invalid_strategy_params")
+    if count < 2 * f + 3:
         raise AggregationError(
             f"Krum with f={f} needs at least {2 * f + 3} updates, got {count}.",
             code="too_few_updates",

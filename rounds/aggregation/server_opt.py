@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from rounds.aggregation.core import Tensors
+from rounds.aggregation.core import Tensors, accumulator_dtype
 
 State = dict[str, np.ndarray]
 
@@ -20,6 +20,12 @@ State = dict[str, np.ndarray]
 def _slot(state: Mapping[str, np.ndarray], slot: str, name: str, like: np.ndarray) -> np.ndarray:
     previous = state.get(f"{slot}:{name}")
     return np.zeros_like(like) if previous is None else np.asarray(previous, dtype=like.dtype)
+
+
+def _work(x: object) -> tuple[np.ndarray, np.dtype]:
+    """The weights in their computation precision (half → single), and their own dtype."""
+    array = np.asarray(x)
+    return array.astype(accumulator_dtype(array.dtype), copy=False), array.dtype
 
 
 def fedavgm(
@@ -33,11 +39,11 @@ def fedavgm(
     """x ← x - η·v, with v ← β·v + (x - avg). With β = 0 and η = 1 this is FedAvg."""
     weights: dict[str, np.ndarray] = {}
     new_state: State = {}
-    for name, x in current.items():
-        x = np.asarray(x)
-        gradient = x - np.asarray(average[name])  # the negative pseudo-gradient
+    for name, raw in current.items():
+        x, dtype = _work(raw)
+        gradient = x - np.asarray(average[name], dtype=x.dtype)  # the negative pseudo-gradient
         velocity = momentum * _slot(state, "momentum", name, x) + gradient
-        weights[name] = (x - server_lr * velocity).astype(x.dtype)
+        weights[name] = (x - server_lr * velocity).astype(dtype)
         new_state[f"momentum:{name}"] = velocity.astype(x.dtype)
     return weights, new_state
 
@@ -55,9 +61,9 @@ def _adaptive(
 ) -> tuple[dict[str, np.ndarray], State]:
     weights: dict[str, np.ndarray] = {}
     new_state: State = {}
-    for name, x in current.items():
-        x = np.asarray(x)
-        delta = np.asarray(average[name]) - x
+    for name, raw in current.items():
+        x, dtype = _work(raw)
+        delta = np.asarray(average[name], dtype=x.dtype) - x
         m = beta1 * _slot(state, "m", name, x) + (1.0 - beta1) * delta
         v = _slot(state, "v", name, x)
         squared = delta * delta
@@ -67,7 +73,7 @@ def _adaptive(
             v = beta2 * v + (1.0 - beta2) * squared
         else:  # yogi
             v = v - (1.0 - beta2) * squared * np.sign(v - squared)
-        weights[name] = (x + eta * m / (np.sqrt(v) + tau)).astype(x.dtype)
+        weights[name] = (x + eta * m / (np.sqrt(v) + tau)).astype(dtype)
         new_state[f"m:{name}"] = m.astype(x.dtype)
         new_state[f"v:{name}"] = v.astype(x.dtype)
     return weights, new_state

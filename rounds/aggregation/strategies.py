@@ -6,6 +6,8 @@ split for parallel slices (coordinate-wise strategies only), and give bit-identi
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +16,14 @@ import numpy as np
 
 from rounds.aggregation import robust, server_opt
 from rounds.aggregation.clipping import clip
-from rounds.aggregation.core import AggregationError, Spans, Tensors
+from rounds.aggregation.core import (
+    AggregationError,
+    Spans,
+    Tensors,
+    check_compatible,
+    check_weights,
+    reference_specs,
+)
 from rounds.aggregation.fedavg import fedavg
 
 
@@ -106,8 +115,9 @@ def parse_params(strategy: str, raw: Mapping[str, Any] | None) -> dict[str, Any]
         raise AggregationError(
             f"Unknown strategy {strategy!r} (known: {sorted(STRATEGIES)}).", code="unknown_strategy"
         )
-    raw = dict(raw or {})
-    if not isinstance(raw, dict):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
         raise AggregationError(
             "Strategy parameters must be an object.", code="invalid_strategy_params"
         )
@@ -120,12 +130,15 @@ def parse_params(strategy: str, raw: Mapping[str, Any] | None) -> dict[str, Any]
         )
     params: dict[str, Any] = {}
     for name, param in schema.items():
-        value = raw.get(name, param.default)
+        value = raw.get(name)
+        if value is None:  # absent or null: the default (for clip_norm, no clipping)
+            value = param.default
         if value is None:
             continue
         if (
             isinstance(value, bool)
-            or not isinstance(value, int | float)
+            or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)
             or (param.integer and value != int(value))
             or not param.accepts(value)
         ):
@@ -139,6 +152,7 @@ def parse_params(strategy: str, raw: Mapping[str, Any] | None) -> dict[str, Any]
 
 def min_updates(strategy: str, params: Mapping[str, Any]) -> int:
     """The smallest number of updates the strategy can aggregate."""
+    params = parse_params(strategy, params)
     if strategy in {"krum", "multi_krum"}:
         return max(2 * int(params["f"]) + 3, int(params.get("m", 1)))
     return 1
@@ -155,6 +169,10 @@ def aggregate(
 ) -> Outcome:
     """Run ``strategy`` on the updates (client weights) against the current global weights."""
     params = parse_params(strategy, params)
+    check_weights(weights, len(updates))
+    specs = reference_specs(updates)
+    if current:
+        check_compatible(specs, current, index=-1)  # the base version must fit the updates
     updates, info = _clipped(updates, current, params)
     if strategy in {"krum", "multi_krum"}:
         result, kept = robust.krum(updates, weights, f=params["f"], m=params.get("m", 1))
