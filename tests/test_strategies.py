@@ -14,10 +14,13 @@ from rounds.aggregation import (
     aggregate,
     aggregate_span,
     assemble,
+    fedavg,
     finish,
+    median,
     min_updates,
     parse_params,
     partition_spans,
+    trimmed_mean,
 )
 from rounds.aggregation.core import specs_of
 from rounds.aggregation.strategies import SERVER_OPTIMIZERS, clip_updates
@@ -458,3 +461,32 @@ def test_clipping_reports_the_outlier_it_bounded():
 
     assert outcome.info["clipped"] == 1
     assert outcome.info["max_norm_seen"] == pytest.approx((1e6 - 1) * 10, rel=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "median", "trimmed_mean"])
+def test_threaded_aggregation_is_bit_identical_to_one_thread(strategy, monkeypatch):
+    from rounds.aggregation import core
+
+    monkeypatch.setattr(core, "THREADED_MIN_VALUES", 0)
+    rng = np.random.default_rng(11)
+    size = 5 * core.CHUNK + 123
+    updates = [
+        {
+            "w": rng.standard_normal(size).astype(np.float32),
+            "b": rng.standard_normal((3, 2)).astype(np.float32),
+        }
+        for _ in range(7)
+    ]
+    weights = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0]
+    params = parse_params(strategy, {})
+
+    def run(threads: int) -> dict[str, np.ndarray]:
+        if strategy == "fedavg":
+            return fedavg(updates, weights, threads=threads)
+        if strategy == "median":
+            return median(updates, threads=threads)
+        return trimmed_mean(updates, beta=params["beta"], threads=threads)
+
+    one, several = run(1), run(3)
+    for name in one:
+        assert np.array_equal(one[name], several[name]), name

@@ -7,8 +7,11 @@ update at a time or one cache-sized span of coordinates at a time.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterator, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -18,6 +21,8 @@ from clients.sdk import codec
 Tensors = Mapping[str, Any]  # name → np.ndarray, or an array-like with shape/dtype/flat slicing
 Spans = Mapping[str, tuple[int, int]]  # name → [start, stop) in the tensor's flattened index
 CHUNK = 1 << 16  # coordinates per step of a chunked loop: fits the working set in L2
+# Below this many values read (updates x coordinates), threads cost more than they save.
+THREADED_MIN_VALUES = 1 << 24
 
 
 class AggregationError(ValueError):
@@ -78,6 +83,29 @@ def accumulator_dtype(dtype: np.dtype | str) -> np.dtype:
 def flat(array: Any) -> Any:
     """A 1-d view (no copy) of an array, or the array-like's own flat view."""
     return array.reshape(-1)
+
+
+def default_threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def run_ranges(
+    work: Callable[[int, int], None], start: int, stop: int, *, values: int, threads: int | None
+) -> None:
+    """Run ``work(lo, hi)`` over ``[start, stop)``, split into contiguous parts on threads.
+
+    numpy releases the GIL inside its loops, so the parts run on separate cores. Each part
+    writes only its own slice of the output and every value is computed by the same operations
+    in the same order as in one thread, so the result is bit-for-bit the same."""
+    count = threads if threads is not None else default_threads()
+    if count <= 1 or values < THREADED_MIN_VALUES or stop - start < 2 * CHUNK:
+        work(start, stop)
+        return
+    count = min(count, (stop - start) // CHUNK)
+    bounds = [start + (stop - start) * i // count for i in range(count + 1)]
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        for future in [pool.submit(work, lo, hi) for lo, hi in itertools.pairwise(bounds)]:
+            future.result()
 
 
 def full_spans(specs: Sequence[codec.TensorSpec]) -> dict[str, tuple[int, int]]:

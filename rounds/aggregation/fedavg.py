@@ -6,6 +6,8 @@ FedProx (Li et al. 2020) aggregates the same way; its proximal term μ is a clie
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -20,12 +22,17 @@ from rounds.aggregation.core import (
     flat,
     iter_spans,
     reference_specs,
+    run_ranges,
     specs_of,
 )
 
 
 def fedavg(
-    updates: Iterable[Tensors], weights: Sequence[float], *, spans: Spans | None = None
+    updates: Iterable[Tensors],
+    weights: Sequence[float],
+    *,
+    spans: Spans | None = None,
+    threads: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Weighted average of ``updates``, reading each update exactly once.
 
@@ -35,10 +42,11 @@ def fedavg(
     the machine's memory-bandwidth limit. With a one-shot iterator each update is added in turn
     and released before the next is produced. Extra memory is one model's worth either way.
     ``spans`` restricts the work to flat index ranges (for parallel slices); the result then maps
-    each name to a 1-d array of its span.
+    each name to a 1-d array of its span. Large sequences are split over ``threads`` (default:
+    the machine's cores) with bit-identical results.
     """
     if isinstance(updates, Sequence):
-        return _fedavg_chunked(updates, check_weights(weights, len(updates)), spans)
+        return _fedavg_chunked(updates, check_weights(weights, len(updates)), spans, threads)
     if spans is not None:
         raise AggregationError("Slices need addressable updates.", code="invalid_span")
     return _fedavg_streaming(iter(updates), check_weights(weights))
@@ -52,7 +60,7 @@ def coefficients_of(weights: np.ndarray, dtype: np.dtype) -> list[np.generic]:
 
 
 def _fedavg_chunked(
-    updates: Sequence[Tensors], weights: np.ndarray, spans: Spans | None
+    updates: Sequence[Tensors], weights: np.ndarray, spans: Spans | None, threads: int | None
 ) -> dict[str, np.ndarray]:
     specs = reference_specs(updates)
     result: dict[str, np.ndarray] = {}
@@ -61,18 +69,35 @@ def _fedavg_chunked(
         coefficients = coefficients_of(weights, dtype)
         sources = [flat(update[spec.name]) for update in updates]
         out = np.empty(stop - start, dtype=dtype)
-        buf = np.empty(min(CHUNK, stop - start), dtype=dtype)
-        for lo in range(start, stop, CHUNK):
-            hi = min(stop, lo + CHUNK)
-            acc = out[lo - start : hi - start]
-            tmp = buf[: hi - lo]
-            np.multiply(sources[0][lo:hi], coefficients[0], out=acc, casting="unsafe")
-            for source, coefficient in zip(sources[1:], coefficients[1:], strict=True):
-                np.multiply(source[lo:hi], coefficient, out=tmp, casting="unsafe")
-                np.add(acc, tmp, out=acc)
+        work = partial(
+            _weighted_sum, sources=sources, coefficients=coefficients, out=out, offset=start
+        )
+        run_ranges(work, start, stop, values=len(updates) * (stop - start), threads=threads)
         out = out.astype(spec.dtype, copy=False)
         result[spec.name] = out.reshape(spec.shape) if spans is None else out
     return result
+
+
+def _weighted_sum(
+    first: int,
+    last: int,
+    *,
+    sources: list[Any],
+    coefficients: list[np.generic],
+    out: np.ndarray,
+    offset: int,
+) -> None:
+    """out[lo-offset : hi-offset] = sum_k c_k * x_k[lo:hi] over [first, last), chunk by chunk:
+    the accumulator chunk stays in cache while every update streams through it once."""
+    buf = np.empty(min(CHUNK, last - first), dtype=out.dtype)
+    for lo in range(first, last, CHUNK):
+        hi = min(last, lo + CHUNK)
+        acc = out[lo - offset : hi - offset]
+        tmp = buf[: hi - lo]
+        np.multiply(sources[0][lo:hi], coefficients[0], out=acc, casting="unsafe")
+        for source, coefficient in zip(sources[1:], coefficients[1:], strict=True):
+            np.multiply(source[lo:hi], coefficient, out=tmp, casting="unsafe")
+            np.add(acc, tmp, out=acc)
 
 
 def _fedavg_streaming(updates: Iterator[Tensors], weights: np.ndarray) -> dict[str, np.ndarray]:

@@ -9,6 +9,8 @@ for small K), so memory is bounded by the block, never K whole updates.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -20,13 +22,16 @@ from rounds.aggregation.core import (
     flat,
     iter_spans,
     reference_specs,
+    run_ranges,
 )
 from rounds.aggregation.fedavg import fedavg
 
 BLOCK = 4096  # coordinates per block: K x BLOCK values stay in cache
 
 
-def median(updates: Sequence[Tensors], *, spans: Spans | None = None) -> dict[str, np.ndarray]:
+def median(
+    updates: Sequence[Tensors], *, spans: Spans | None = None, threads: int | None = None
+) -> dict[str, np.ndarray]:
     """Coordinate-wise median (the mean of the two middle values for an even count)."""
     count = len(updates)
     lower, upper = (count - 1) // 2, count // 2
@@ -39,11 +44,15 @@ def median(updates: Sequence[Tensors], *, spans: Spans | None = None) -> dict[st
             np.add(block[:, lower], block[:, upper], out=out)
             out *= out.dtype.type(0.5)
 
-    return _coordinatewise(updates, reduce, spans)
+    return _coordinatewise(updates, reduce, spans, threads)
 
 
 def trimmed_mean(
-    updates: Sequence[Tensors], *, beta: float, spans: Spans | None = None
+    updates: Sequence[Tensors],
+    *,
+    beta: float,
+    spans: Spans | None = None,
+    threads: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Coordinate-wise mean after dropping the ``int(beta * K)`` smallest and largest values."""
     if not 0.0 <= beta < 0.5:
@@ -55,7 +64,7 @@ def trimmed_mean(
         block.sort(axis=1)
         np.mean(block[:, cut : count - cut], axis=1, out=out)
 
-    return _coordinatewise(updates, reduce, spans)
+    return _coordinatewise(updates, reduce, spans, threads)
 
 
 def pairwise_gram(updates: Sequence[Tensors], *, spans: Spans | None = None) -> np.ndarray:
@@ -116,6 +125,7 @@ def _coordinatewise(
     updates: Sequence[Tensors],
     reduce: Callable[[np.ndarray, np.ndarray], None],
     spans: Spans | None,
+    threads: int | None = None,
 ) -> dict[str, np.ndarray]:
     specs = reference_specs(updates)
     count = len(updates)
@@ -124,13 +134,27 @@ def _coordinatewise(
         dtype = accumulator_dtype(spec.dtype)
         sources = [flat(update[spec.name]) for update in updates]
         out = np.empty(stop - start, dtype=dtype)
-        block = np.empty((min(BLOCK, max(stop - start, 1)), count), dtype=dtype)
-        for lo in range(start, stop, BLOCK):
-            hi = min(stop, lo + BLOCK)
-            rows = block[: hi - lo]
-            for i, source in enumerate(sources):
-                rows[:, i] = source[lo:hi]
-            reduce(rows, out[lo - start : hi - start])
+        work = partial(_reduce_blocks, sources=sources, reduce=reduce, out=out, offset=start)
+        run_ranges(work, start, stop, values=count * (stop - start), threads=threads)
         out = out.astype(spec.dtype, copy=False)
         result[spec.name] = out.reshape(spec.shape) if spans is None else out
     return result
+
+
+def _reduce_blocks(
+    first: int,
+    last: int,
+    *,
+    sources: list[Any],
+    reduce: Callable[[np.ndarray, np.ndarray], None],
+    out: np.ndarray,
+    offset: int,
+) -> None:
+    """Gather (n, K) blocks of coordinates over [first, last) and reduce each row."""
+    block = np.empty((min(BLOCK, max(last - first, 1)), len(sources)), dtype=out.dtype)
+    for lo in range(first, last, BLOCK):
+        hi = min(last, lo + BLOCK)
+        rows = block[: hi - lo]
+        for i, source in enumerate(sources):
+            rows[:, i] = source[lo:hi]
+        reduce(rows, out[lo - offset : hi - offset])
