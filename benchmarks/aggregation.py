@@ -25,24 +25,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from benchmarks._measure import GB, free, peak_extra_bytes, progress, timed
-from rounds.aggregation import Outcome, aggregate, aggregate_span, assemble, fedavg, partition_spans
-from rounds.aggregation.core import specs_of
+from rounds.aggregation import Outcome, aggregate, fedavg
 
 NAME = "w"  # the single tensor of every synthetic update
 BYZANTINE = 10  # outlying updates in every data set (Krum's f)
 SEED = 20240917
-SLICES = os.cpu_count() or 1  # the portal aggregates large models in parallel slices
 
 
 # --------------------------------------------------------------------------- data
@@ -208,22 +204,10 @@ def _streaming(data: Data, state: dict[str, np.ndarray]) -> Callable[[], Any]:
     return lambda: fedavg((u for u in updates), data.weights)
 
 
-def _slices(data: Data, state: dict[str, np.ndarray]) -> Callable[[], Any]:
-    """The portal's parallel path for large models (``aggregate_span`` over contiguous slices,
-    then ``assemble``), with one thread per core instead of one Celery task per slice."""
+def _one_thread(data: Data, state: dict[str, np.ndarray]) -> Callable[[], Any]:
+    """FedAvg confined to one core (the portal's default spreads large work over all cores)."""
     updates = data.updates
-    specs = specs_of(updates[0])
-    spans = partition_spans(specs, SLICES)
-
-    def part(piece: dict[str, tuple[int, int]]) -> dict[str, np.ndarray]:
-        return aggregate_span("fedavg", {}, updates=updates, weights=data.weights, spans=piece)
-
-    def run() -> dict[str, np.ndarray]:
-        with ThreadPoolExecutor(len(spans)) as pool:  # numpy releases the GIL in its loops
-            parts = list(pool.map(part, spans))
-        return assemble(specs, list(zip(spans, parts, strict=True)))
-
-    return run
+    return lambda: fedavg(updates, data.weights, threads=1)
 
 
 def _naive(data: Data, state: dict[str, np.ndarray]) -> Callable[[], Any]:
@@ -261,14 +245,7 @@ CASES: dict[str, Case] = {
             target=_memory_at_most(2.0),
             check="mean",
         ),
-        Case(
-            "fedavg-slices",
-            f"fedavg, {SLICES} slices on {SLICES} threads",
-            "large",
-            _slices,
-            target=Target("<= 1.5x limit", lambda row: row.ratio_to_limit <= 1.5),
-            check="mean",
-        ),
+        Case("fedavg-1thread", "fedavg on one core", "large", _one_thread, check="mean"),
         Case("fedavg-naive", "naive numpy loop", "large", _naive, check="mean"),
         Case(
             "median",

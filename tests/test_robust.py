@@ -159,7 +159,9 @@ def test_pairwise_gram_gives_the_squared_distances_across_all_tensors():
     distances = _distances(pairwise_gram(updates))
 
     expected = [[np.sum((x - y) ** 2) for y in flat] for x in flat]
-    np.testing.assert_allclose(distances, expected, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(
+        distances, expected, rtol=1e-5, atol=1e-5
+    )  # float32 data: float32 blocks
 
 
 def test_krum_select_scores_by_the_k_minus_f_minus_2_nearest_distances():
@@ -348,7 +350,9 @@ def test_pairwise_gram_over_slices_sums_to_the_whole_gram():
 
     parts = sum(pairwise_gram(updates, spans=s) for s in partition_spans(specs, 5))
 
-    np.testing.assert_allclose(parts, pairwise_gram(updates), rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(
+        parts, pairwise_gram(updates), rtol=1e-5, atol=1e-4
+    )  # blocks fall differently
 
 
 # --- memory -----------------------------------------------------------------------------------

@@ -69,21 +69,28 @@ def trimmed_mean(
 
 def pairwise_gram(updates: Sequence[Tensors], *, spans: Spans | None = None) -> np.ndarray:
     """The K x K Gram matrix of the updates, centred on their coordinate-wise median (over
-    ``spans``), accumulated in float64 by BLAS."""
+    ``spans``): each block's product in the data's own precision by BLAS, the blocks summed
+    in float64.
+
+    Distances are shift-invariant, and a robust centre keeps them free of cancellation even
+    when an outlier is far away. Coordinates are gathered into (n, K) blocks, so the centre
+    comes from the same fast contiguous sort as the median strategy."""
     specs = reference_specs(updates)
     count = len(updates)
     gram = np.zeros((count, count), dtype=np.float64)
-    block = np.empty((count, BLOCK * 4), dtype=np.float64)
     for spec, start, stop in iter_spans(specs, spans):
         sources = [flat(update[spec.name]) for update in updates]
-        for lo in range(start, stop, block.shape[1]):
-            hi = min(stop, lo + block.shape[1])
-            rows = block[:, : hi - lo]
+        block = np.empty(
+            (min(BLOCK, max(stop - start, 1)), count), dtype=accumulator_dtype(spec.dtype)
+        )
+        for lo in range(start, stop, BLOCK):
+            hi = min(stop, lo + BLOCK)
+            rows = block[: hi - lo]
             for i, source in enumerate(sources):
-                rows[i] = source[lo:hi]
-            rows -= np.median(rows, axis=0)  # distances are shift-invariant; a robust
-            # centre keeps them free of cancellation even when an outlier comes first
-            gram += rows @ rows.T
+                rows[:, i] = source[lo:hi]
+            centre = np.sort(rows, axis=1)[:, count // 2]
+            rows -= centre[:, None]
+            gram += rows.T @ rows  # one block in the data's precision, summed in float64
     return gram
 
 
