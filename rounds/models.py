@@ -180,3 +180,23 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} at {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
+class Evaluation(models.Model):
+    """A merchant's evaluation of a published version on its own held-out data."""
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="evaluations")
+    merchant = models.ForeignKey(Merchant, on_delete=models.CASCADE, related_name="evaluations")
+    num_examples = models.PositiveBigIntegerField()
+    metrics = models.JSONField(default=dict)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["version", "merchant"]
+        constraints = [
+            models.UniqueConstraint(fields=["version", "merchant"], name="one_evaluation_each"),
+            models.CheckConstraint(condition=Q(num_examples__gte=1), name="evaluation_examples"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.merchant} on {self.version}"

@@ -7,6 +7,8 @@ from clients.sdk.training import Trainer, TrainResult
 __all__ = [
     "ApiError",
     "CodecError",
+    "EvalResult",
+    "Evaluator",
     "FlportalClient",
     "RoundInfo",
     "TensorSpec",

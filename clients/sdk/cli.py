@@ -86,9 +86,33 @@ def run_merchant(
             logger.info("round %s: update %s", fl_round.id, update.get("status"))
             if on_update:
                 on_update(fl_round, update)
-        if not pending:
+        evaluated = evaluate_pending(client, trainer) if not stop.is_set() else 0
+        if not pending and not evaluated:
             stop.wait(poll_interval)
     return done
+
+
+def evaluate_pending(client: FlportalClient, trainer: Trainer) -> int:
+    """Federated evaluation: score each new version this merchant helped train on its own
+    held-out data and report the metrics (only if the trainer has an ``evaluate``)."""
+    evaluate = getattr(trainer, "evaluate", None)
+    if evaluate is None:
+        return 0
+    count = 0
+    for pending in client.pending_evaluations():
+        result = evaluate(client.fetch_weights(pending.weights_url))
+        try:
+            client.submit_evaluation(
+                pending.model,
+                pending.version,
+                num_examples=result.num_examples,
+                metrics=result.metrics,
+            )
+        except ApiError as exc:
+            if exc.code not in {"evaluation_already_submitted", "not_a_contributor"}:
+                raise
+        count += 1
+    return count
 
 
 def _parse_options(pairs: Sequence[str]) -> dict[str, str]:

@@ -66,6 +66,14 @@ class RoundInfo:
         )
 
 
+@dataclass(frozen=True)
+class PendingEvaluation:
+    model: str
+    version: int
+    sha256: str
+    weights_url: str
+
+
 class FlportalClient:
     def __init__(
         self,
@@ -112,15 +120,38 @@ class FlportalClient:
 
     def download_weights(self, fl_round: RoundInfo) -> dict[str, np.ndarray]:
         """Download the round's base weights; an unchanged version is not transferred twice."""
-        cached = self._weights_cache.get(fl_round.weights_url)
+        return self.fetch_weights(fl_round.weights_url)
+
+    def fetch_weights(self, weights_url: str) -> dict[str, np.ndarray]:
+        """Download a version's weights (conditional on the cached ETag)."""
+        cached = self._weights_cache.get(weights_url)
         headers = {"If-None-Match": f'"{cached[0]}"'} if cached else {}
-        response = self._request("GET", fl_round.weights_url, headers=headers)
+        response = self._request("GET", weights_url, headers=headers)
         if response.status_code == 304 and cached:
             return cached[1]
         etag = response.headers.get("ETag", "").strip('"')
         arrays = codec.decode(response.content)
-        self._weights_cache = {fl_round.weights_url: (etag, arrays)}
+        self._weights_cache = {weights_url: (etag, arrays)}
         return arrays
+
+    def pending_evaluations(self) -> list[PendingEvaluation]:
+        """Versions this merchant helped train and has not evaluated yet."""
+        data = self._json("GET", "/api/v1/evaluations/pending")
+        return [
+            PendingEvaluation(
+                str(d["model"]), int(d["version"]), str(d["sha256"]), str(d["weights_url"])
+            )
+            for d in data["results"]
+        ]
+
+    def submit_evaluation(
+        self, model: str, version: int, *, num_examples: int, metrics: Mapping[str, float]
+    ) -> dict[str, Any]:
+        body = {
+            "num_examples": int(num_examples),
+            "metrics": {k: float(v) for k, v in metrics.items()},
+        }
+        return self._json("PUT", f"/api/v1/models/{model}/versions/{version}/evaluation", json=body)
 
     def upload_update(
         self,

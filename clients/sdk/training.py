@@ -28,3 +28,18 @@ class Trainer(Protocol):
     def __call__(
         self, weights: Mapping[str, np.ndarray], hints: Mapping[str, Any]
     ) -> TrainResult: ...
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """A merchant's evaluation of global weights on its own held-out data."""
+
+    num_examples: int
+    metrics: dict[str, float]
+
+
+class Evaluator(Protocol):
+    """Optional companion of a trainer (as its ``evaluate`` attribute): score the new global
+    weights on held-out local data after each round — federated evaluation."""
+
+    def __call__(self, weights: Mapping[str, np.ndarray]) -> EvalResult: ...

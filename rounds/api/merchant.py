@@ -16,9 +16,17 @@ from rest_framework.response import Response
 from flportal.api import MerchantApiView
 from flportal.errors import NotFound, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from rounds import artifacts, services
-from rounds.api.serializers import MerchantRoundListOutput, MerchantRoundOutput, UpdateOutput
+from rounds.api.serializers import (
+    EvaluationInput,
+    EvaluationOutput,
+    MerchantRoundListOutput,
+    MerchantRoundOutput,
+    PendingEvaluationListOutput,
+    PendingEvaluationOutput,
+    UpdateOutput,
+)
 from rounds.artifacts import Readable
-from rounds.models import ModelVersion, Round, Update
+from rounds.models import Round, Update
 from rounds.services.updates import (
     check_can_submit,
     parse_metrics,
@@ -101,15 +109,7 @@ class VersionWeightsApi(MerchantApiView):
         },
     )
     def get(self, request: Request, slug: str, number: int) -> HttpResponseBase:
-        version = (
-            ModelVersion.objects.select_related("fl_model")
-            .filter(
-                fl_model__slug=slug, number=number, fl_model__rounds__participants=self.merchant
-            )
-            .first()
-        )
-        if version is None:
-            raise NotFound("No such version for this merchant.", code="version_not_found")
+        version = services.version_for_merchant(merchant=self.merchant, slug=slug, number=number)
         etag = f'"{version.sha256}"'
         if _etag_matches(request.headers.get("If-None-Match", ""), etag):
             response: HttpResponseBase = HttpResponse(status=status.HTTP_304_NOT_MODIFIED)
@@ -203,3 +203,38 @@ def _metrics_param(raw: str | None) -> dict[str, float]:
     except ValueError:
         raise ValidationFailed("metrics must be a JSON object.", code="invalid_metrics") from None
     return parse_metrics(value)
+
+
+class PendingEvaluationsApi(MerchantApiView):
+    @extend_schema(
+        tags=["merchant"],
+        responses=PendingEvaluationListOutput,
+        operation_id="merchant_evaluations_pending",
+        summary="Versions I helped train and have not evaluated yet",
+    )
+    def get(self, request: Request) -> Response:
+        versions = services.evaluations_pending(merchant=self.merchant)
+        return Response({"results": PendingEvaluationOutput(versions, many=True).data})
+
+
+class EvaluationApi(MerchantApiView):
+    @extend_schema(
+        tags=["merchant"],
+        request=EvaluationInput,
+        responses={201: EvaluationOutput, 200: EvaluationOutput},
+        summary="Report my evaluation of a version on my own held-out data",
+    )
+    def put(self, request: Request, slug: str, number: int) -> Response:
+        data = EvaluationInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        version = services.version_for_merchant(merchant=self.merchant, slug=slug, number=number)
+        evaluation, created = services.evaluation_submit(
+            version=version,
+            merchant=self.merchant,
+            num_examples=data.validated_data["num_examples"],
+            metrics=parse_metrics(data.validated_data["metrics"]),
+        )
+        return Response(
+            EvaluationOutput(evaluation).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )

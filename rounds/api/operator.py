@@ -15,6 +15,7 @@ from flportal.errors import ValidationFailed
 from rounds import aggregation, artifacts, services
 from rounds.api.merchant import BINARY, BinaryBody, binary_body
 from rounds.api.serializers import (
+    EvaluationSummaryOutput,
     FederatedModelCreateInput,
     FederatedModelOutput,
     FederatedModelUpdateInput,
@@ -75,6 +76,17 @@ class ModelDetailApi(OperatorApiView):
         )
         context = {"latest": _latest_numbers([fl_model.pk])}
         return Response(FederatedModelOutput(fl_model, context=context).data)
+
+
+class EvaluationSummaryApi(OperatorApiView):
+    @extend_schema(
+        tags=["operator"],
+        responses=EvaluationSummaryOutput(many=True),
+        summary="Federated evaluation per version: weighted global and per merchant",
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        summary = services.evaluation_summary(fl_model=services.fl_model_get(slug=slug))
+        return Response(EvaluationSummaryOutput(summary, many=True).data)
 
 
 class StrategyListApi(OperatorApiView):

@@ -84,6 +84,42 @@ class MerchantRoundOutput(serializers.Serializer):
         return UpdateOutput(mine).data if mine else None
 
 
+class PendingEvaluationOutput(serializers.Serializer):
+    model = serializers.CharField(source="fl_model.slug")
+    version = serializers.IntegerField(source="number")
+    sha256 = serializers.CharField()
+    weights_url = serializers.SerializerMethodField()
+
+    def get_weights_url(self, version: ModelVersion) -> str:
+        return weights_url(version)
+
+
+class PendingEvaluationListOutput(serializers.Serializer):
+    results = PendingEvaluationOutput(many=True)
+
+
+class EvaluationInput(serializers.Serializer):
+    num_examples = serializers.IntegerField(min_value=1, max_value=10**12)
+    metrics = serializers.DictField(help_text="name → finite number, at most 32")
+
+
+class EvaluationOutput(serializers.Serializer):
+    model = serializers.CharField(source="version.fl_model.slug")
+    version = serializers.IntegerField(source="version.number")
+    merchant = serializers.CharField(source="merchant.slug")
+    num_examples = serializers.IntegerField()
+    metrics = serializers.DictField()
+    created_at = serializers.DateTimeField()
+
+
+class EvaluationSummaryOutput(serializers.Serializer):
+    version = serializers.IntegerField()
+    evaluators = serializers.IntegerField()
+    num_examples = serializers.IntegerField()
+    metrics = serializers.DictField()
+    merchants = serializers.DictField()
+
+
 class MerchantRoundListOutput(serializers.Serializer):
     results = MerchantRoundOutput(many=True)
 

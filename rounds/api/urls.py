@@ -11,7 +11,20 @@ urlpatterns = [
         merchant.VersionWeightsApi.as_view(),
         name="version-weights",
     ),
+    path(
+        "evaluations/pending", merchant.PendingEvaluationsApi.as_view(), name="evaluations-pending"
+    ),
+    path(
+        "models/<slug:slug>/versions/<int:number>/evaluation",
+        merchant.EvaluationApi.as_view(),
+        name="version-evaluation",
+    ),
     path("operator/models", operator.ModelListApi.as_view(), name="op-models"),
+    path(
+        "operator/models/<slug:slug>/evaluations",
+        operator.EvaluationSummaryApi.as_view(),
+        name="op-evaluations",
+    ),
     path("operator/models/<slug:slug>", operator.ModelDetailApi.as_view(), name="op-model"),
     path(
         "operator/models/<slug:slug>/versions",

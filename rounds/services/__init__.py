@@ -1,6 +1,12 @@
 """Every business rule about models, rounds and updates. Views, tasks and commands call these."""
 
 from clients.sdk.codec import CodecError
+from rounds.services.evaluations import (
+    evaluation_submit,
+    evaluation_summary,
+    evaluations_pending,
+    version_for_merchant,
+)
 from rounds.services.fl_models import (
     fl_model_create,
     fl_model_get,
@@ -28,6 +34,9 @@ from rounds.services.updates import update_submit, updates_expected_specs
 
 __all__ = [
     "CodecError",
+    "evaluation_submit",
+    "evaluation_summary",
+    "evaluations_pending",
     "fl_model_create",
     "fl_model_get",
     "fl_model_update",
@@ -48,5 +57,6 @@ __all__ = [
     "update_submit",
     "updates_expected_specs",
     "version_create",
+    "version_for_merchant",
     "version_latest",
 ]
