@@ -373,7 +373,10 @@ def test_an_unknown_model_is_not_found(operator_client):
     ("payload", "code"),
     [
         ({"name": "m", "tensors": []}, "invalid_tensors"),
-        ({"name": "m"}, "invalid_input"),
+        ({"name": "m"}, "tensors_or_template"),
+        ({"name": "m", "template": "nope"}, "unknown_template"),
+        ({"name": "m", "template": "recommender"}, "invalid_dims"),
+        ({"name": "m", "template": "recommender", "dims": {"n_items": 0}}, "invalid_dims"),
         ({"name": "m", "tensors": [{"name": "w", "shape": [0], "dtype": "float32"}]}, "min_value"),
         (
             {"name": "m", "tensors": [{"name": "w", "shape": [1], "dtype": "float32"}] * 2},

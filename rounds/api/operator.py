@@ -22,9 +22,11 @@ from rounds.api.serializers import (
     RoundCreateInput,
     RoundOutput,
     StrategyOutput,
+    TemplateOutput,
     VersionOutput,
 )
 from rounds.models import FederatedModel, Round
+from rounds.templates import TEMPLATES
 
 
 def _latest_numbers(ids: list[int]) -> dict[int, int]:
@@ -48,7 +50,26 @@ class ModelListApi(OperatorApiView):
     def post(self, request: Request) -> Response:
         data = FederatedModelCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
-        fl_model = services.fl_model_create(**data.validated_data, actor=request.user)
+        values = dict(data.validated_data)
+        template, dims = values.pop("template", None), values.pop("dims", None)
+        if (template is None) == ("tensors" not in values):
+            raise ValidationFailed(
+                "Give either tensors or a template (with its dims).", code="tensors_or_template"
+            )
+        if template is None:
+            fl_model = services.fl_model_create(**values, actor=request.user)
+        else:
+            values.pop("init")
+            hints = values.pop("training_hints") or None
+            strategy = values.pop("strategy") if "strategy" in request.data else None
+            fl_model = services.fl_model_create_from_template(
+                template=template,
+                dims=dims,
+                training_hints=hints,
+                strategy=strategy,
+                actor=request.user,
+                **values,
+            )
         context = {"latest": _latest_numbers([fl_model.pk])}
         return Response(
             FederatedModelOutput(fl_model, context=context).data, status=status.HTTP_201_CREATED
@@ -87,6 +108,16 @@ class EvaluationSummaryApi(OperatorApiView):
     def get(self, request: Request, slug: str) -> Response:
         summary = services.evaluation_summary(fl_model=services.fl_model_get(slug=slug))
         return Response(EvaluationSummaryOutput(summary, many=True).data)
+
+
+class TemplateListApi(OperatorApiView):
+    @extend_schema(
+        tags=["operator"],
+        responses=TemplateOutput(many=True),
+        summary="Model templates (tensors + merchant-side training code in the SDK)",
+    )
+    def get(self, request: Request) -> Response:
+        return Response(TemplateOutput(list(TEMPLATES.values()), many=True).data)
 
 
 class StrategyListApi(OperatorApiView):

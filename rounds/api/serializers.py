@@ -151,7 +151,9 @@ class FederatedModelCreateInput(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     slug = serializers.SlugField(max_length=64, required=False, default="")
     description = serializers.CharField(required=False, default="", allow_blank=True)
-    tensors = TensorSpecSerializer(many=True)
+    tensors = TensorSpecSerializer(many=True, required=False)
+    template = serializers.CharField(required=False, help_text="see GET /api/v1/operator/templates")
+    dims = serializers.DictField(required=False, help_text="the template's dimensions")
     training_hints = serializers.DictField(
         required=False,
         default=dict,
@@ -163,6 +165,15 @@ class FederatedModelCreateInput(serializers.Serializer):
     strategy_params = serializers.DictField(required=False, default=dict)
     init = serializers.ChoiceField(choices=["random", "zeros", "none"], default="random")
     seed = serializers.IntegerField(min_value=0, max_value=2**32 - 1, default=0)
+
+
+class TemplateOutput(serializers.Serializer):
+    name = serializers.CharField()
+    label = serializers.CharField()
+    description = serializers.CharField()
+    dims = serializers.DictField(help_text="dimension → default (0: required)")
+    training_hints = serializers.DictField(source="hints")
+    strategy = serializers.CharField()
 
 
 class FederatedModelUpdateInput(serializers.Serializer):

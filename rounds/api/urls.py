@@ -31,6 +31,7 @@ urlpatterns = [
         operator.VersionListApi.as_view(),
         name="op-versions",
     ),
+    path("operator/templates", operator.TemplateListApi.as_view(), name="op-templates"),
     path("operator/strategies", operator.StrategyListApi.as_view(), name="op-strategies"),
     path("operator/rounds", operator.RoundListApi.as_view(), name="op-rounds"),
     path("operator/rounds/<int:round_id>", operator.RoundDetailApi.as_view(), name="op-round"),

@@ -9,6 +9,7 @@ from rounds.services.evaluations import (
 )
 from rounds.services.fl_models import (
     fl_model_create,
+    fl_model_create_from_template,
     fl_model_get,
     fl_model_update,
     parse_strategy,
@@ -38,6 +39,7 @@ __all__ = [
     "evaluation_summary",
     "evaluations_pending",
     "fl_model_create",
+    "fl_model_create_from_template",
     "fl_model_get",
     "fl_model_update",
     "parse_strategy",

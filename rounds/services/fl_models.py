@@ -15,7 +15,7 @@ from django.utils.text import slugify
 
 from clients.sdk import codec
 from flportal.errors import Conflict, NotFound, ValidationFailed
-from rounds import aggregation, artifacts, audit
+from rounds import aggregation, artifacts, audit, templates
 from rounds.models import FederatedModel, ModelVersion, Round
 
 MAX_MODEL_PARAMS = 2_000_000_000
@@ -116,10 +116,41 @@ def initial_weights(
     return weights
 
 
+def fl_model_create_from_template(
+    *,
+    name: str,
+    template: str,
+    dims: Any = None,
+    slug: str = "",
+    description: str = "",
+    training_hints: Any = None,
+    strategy: str | None = None,
+    strategy_params: Any = None,
+    seed: int = 0,
+    actor: AbstractBaseUser | None = None,
+) -> FederatedModel:
+    """Define a model from a template: its tensors, first weights, hints and strategy."""
+    chosen = templates.template_get(template)
+    sizes = templates.template_dims(chosen, dims)
+    return fl_model_create(
+        name=name,
+        slug=slug,
+        description=description or chosen.description,
+        tensors=templates.template_tensors(chosen, sizes),
+        training_hints=chosen.hints if training_hints is None else training_hints,
+        strategy=strategy or chosen.strategy,
+        strategy_params=strategy_params,
+        initial=templates.template_init(chosen, sizes, seed=seed),
+        init="given",
+        actor=actor,
+    )
+
+
 def fl_model_create(
     *,
     name: str,
     tensors: Any,
+    initial: dict[str, np.ndarray] | None = None,
     slug: str = "",
     description: str = "",
     training_hints: Any = None,
@@ -139,7 +170,9 @@ def fl_model_create(
     specs = parse_tensor_specs(tensors)
     hints = parse_training_hints(training_hints)
     params = parse_strategy(strategy, strategy_params)
-    if init not in {"random", "zeros", "none"}:
+    if init not in {"random", "zeros", "none", "given"} or (init == "given") != (
+        initial is not None
+    ):
         raise ValidationFailed("init must be random, zeros or none.", code="invalid_init")
     try:
         with transaction.atomic():
@@ -155,7 +188,10 @@ def fl_model_create(
             )
             audit.record(kind="model.created", actor=actor, data={"model": slug})
             if init != "none":  # the model exists only with its first version
-                with artifacts.written(initial_weights(specs, init=init, seed=seed)) as blob:
+                first = (
+                    initial if initial is not None else initial_weights(specs, init=init, seed=seed)
+                )
+                with artifacts.written(first) as blob:
                     version_create(fl_model=fl_model, blob=blob, actor=actor)
     except IntegrityError:
         raise Conflict(f"A model with slug {slug!r} already exists.", code="slug_taken") from None
