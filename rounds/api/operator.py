@@ -61,7 +61,8 @@ class ModelListApi(OperatorApiView):
         else:
             values.pop("init")
             hints = values.pop("training_hints") or None
-            strategy = values.pop("strategy") if "strategy" in request.data else None
+            chosen = values.pop("strategy")
+            strategy = chosen if "strategy" in request.data else None  # else the template's
             fl_model = services.fl_model_create_from_template(
                 template=template,
                 dims=dims,
