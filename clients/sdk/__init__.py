@@ -2,7 +2,7 @@
 
 from clients.sdk.client import ApiError, FlportalClient, RoundInfo
 from clients.sdk.codec import CodecError, TensorSpec
-from clients.sdk.training import Trainer, TrainResult
+from clients.sdk.training import EvalResult, Evaluator, Trainer, TrainResult
 
 __all__ = [
     "ApiError",
