@@ -325,11 +325,9 @@ def federate(
     else:  # score each published version on the union of the shops' held-out rows
         curve = [_version_metric(task, fl_model, row["version"], split) for row in summary]
     final = curve[-1] if curve else float("nan")
+    last = summary[-1]["merchants"] if summary else {}
     per_shop = {
-        name.removeprefix(f"{tag}-"): m[f"test_{task.metric}"]
-        if f"test_{task.metric}" in m
-        else m.get(task.metric)
-        for name, m in (summary[-1]["merchants"].items() if summary else [])
+        shop_of[slug]: m.get(f"test_{task.metric}", m.get(task.metric)) for slug, m in last.items()
     }
     reached = next((i + 1 for i, value in enumerate(curve) if _meets(task, value, central)), None)
     sent = sum(u.size_bytes for u in Update.objects.filter(fl_round__fl_model=fl_model))
