@@ -23,6 +23,11 @@ class FederatedModel(models.Model):
     training_hints = models.JSONField(
         default=dict, blank=True, help_text="epochs, learning_rate, batch_size, proximal_mu"
     )
+    privacy = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="central DP: clip_norm, noise_multiplier, delta, epsilon_budget, accountant",
+    )
     created_at = models.DateTimeField(default=timezone.now)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -87,6 +92,9 @@ class Round(models.Model):
     )
     strategy = models.CharField(max_length=32, blank=True, help_text="fixed when the round opens")
     strategy_params = models.JSONField(default=dict, blank=True)
+    privacy = models.JSONField(
+        default=dict, blank=True, help_text="DP in force, sampling rate and epsilon after it"
+    )
     min_updates = models.PositiveIntegerField(help_text="quorum: fewer at the deadline fails")
     target_updates = models.PositiveIntegerField(help_text="close as soon as this many arrive")
     duration_seconds = models.PositiveIntegerField(help_text="from opening to the deadline")

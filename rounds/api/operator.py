@@ -19,6 +19,7 @@ from rounds.api.serializers import (
     FederatedModelCreateInput,
     FederatedModelOutput,
     FederatedModelUpdateInput,
+    PrivacyReportOutput,
     RoundCreateInput,
     RoundOutput,
     StrategyOutput,
@@ -26,6 +27,7 @@ from rounds.api.serializers import (
     VersionOutput,
 )
 from rounds.models import FederatedModel, Round
+from rounds.services.privacy import privacy_report
 from rounds.templates import TEMPLATES
 
 
@@ -109,6 +111,17 @@ class EvaluationSummaryApi(OperatorApiView):
     def get(self, request: Request, slug: str) -> Response:
         summary = services.evaluation_summary(fl_model=services.fl_model_get(slug=slug))
         return Response(EvaluationSummaryOutput(summary, many=True).data)
+
+
+class PrivacyReportApi(OperatorApiView):
+    @extend_schema(
+        tags=["operator"],
+        responses=PrivacyReportOutput,
+        summary="Privacy budget: settings, epsilon spent and remaining, ledger",
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        report = privacy_report(services.fl_model_get(slug=slug))
+        return Response(PrivacyReportOutput(report).data)
 
 
 class TemplateListApi(OperatorApiView):

@@ -139,6 +139,7 @@ class FederatedModelOutput(serializers.ModelSerializer):
             "strategy",
             "strategy_params",
             "training_hints",
+            "privacy",
             "latest_version",
             "created_at",
         ]
@@ -164,7 +165,20 @@ class FederatedModelCreateInput(serializers.Serializer):
     )
     strategy_params = serializers.DictField(required=False, default=dict)
     init = serializers.ChoiceField(choices=["random", "zeros", "none"], default="random")
+    privacy = serializers.DictField(required=False, help_text="central DP settings (optional)")
     seed = serializers.IntegerField(min_value=0, max_value=2**32 - 1, default=0)
+
+
+class PrivacyReportOutput(serializers.Serializer):
+    enabled = serializers.BooleanField()
+    epsilon_budget = serializers.FloatField(required=False)
+    epsilon_spent = serializers.FloatField(required=False)
+    epsilon_remaining = serializers.FloatField(required=False)
+    delta = serializers.FloatField(required=False)
+    noise_multiplier = serializers.FloatField(required=False)
+    clip_norm = serializers.FloatField(required=False)
+    accountant = serializers.CharField(required=False)
+    ledger = serializers.ListField(child=serializers.DictField())
 
 
 class TemplateOutput(serializers.Serializer):
@@ -178,6 +192,7 @@ class TemplateOutput(serializers.Serializer):
 
 class FederatedModelUpdateInput(serializers.Serializer):
     description = serializers.CharField(required=False, allow_blank=True)
+    privacy = serializers.DictField(required=False, help_text="{} turns DP off")
     strategy = serializers.CharField(required=False)
     strategy_params = serializers.DictField(required=False)
     training_hints = serializers.DictField(required=False)
@@ -220,6 +235,7 @@ class RoundOutput(serializers.Serializer):
     strategy = serializers.CharField()
     strategy_params = serializers.DictField()
     aggregation = serializers.DictField()
+    privacy = serializers.DictField()
     min_updates = serializers.IntegerField()
     target_updates = serializers.IntegerField()
     participants = serializers.IntegerField()

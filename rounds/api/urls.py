@@ -31,6 +31,11 @@ urlpatterns = [
         operator.VersionListApi.as_view(),
         name="op-versions",
     ),
+    path(
+        "operator/models/<slug:slug>/privacy",
+        operator.PrivacyReportApi.as_view(),
+        name="op-privacy",
+    ),
     path("operator/templates", operator.TemplateListApi.as_view(), name="op-templates"),
     path("operator/strategies", operator.StrategyListApi.as_view(), name="op-strategies"),
     path("operator/rounds", operator.RoundListApi.as_view(), name="op-rounds"),

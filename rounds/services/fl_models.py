@@ -17,6 +17,7 @@ from clients.sdk import codec
 from flportal.errors import Conflict, NotFound, ValidationFailed
 from rounds import aggregation, artifacts, audit, templates
 from rounds.models import FederatedModel, ModelVersion, Round
+from rounds.services.privacy import parse_privacy
 
 MAX_MODEL_PARAMS = 2_000_000_000
 _TENSOR_NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,256}$")
@@ -127,6 +128,7 @@ def fl_model_create_from_template(
     strategy: str | None = None,
     strategy_params: Any = None,
     seed: int = 0,
+    privacy: Any = None,
     actor: AbstractBaseUser | None = None,
 ) -> FederatedModel:
     """Define a model from a template: its tensors, first weights, hints and strategy."""
@@ -141,6 +143,7 @@ def fl_model_create_from_template(
         strategy=strategy or chosen.strategy,
         strategy_params=strategy_params,
         initial=templates.template_init(chosen, sizes, seed=seed),
+        privacy=privacy,
         init="given",
         actor=actor,
     )
@@ -158,6 +161,7 @@ def fl_model_create(
     strategy_params: Any = None,
     init: str = "random",
     seed: int = 0,
+    privacy: Any = None,
     actor: AbstractBaseUser | None = None,
 ) -> FederatedModel:
     """Define a model and (unless ``init == "none"``) its first version."""
@@ -170,6 +174,7 @@ def fl_model_create(
     specs = parse_tensor_specs(tensors)
     hints = parse_training_hints(training_hints)
     params = parse_strategy(strategy, strategy_params)
+    dp_settings = parse_privacy(privacy, strategy=strategy)
     if init not in {"random", "zeros", "none", "given"} or (init == "given") != (
         initial is not None
     ):
@@ -184,6 +189,7 @@ def fl_model_create(
                 training_hints=hints,
                 strategy=strategy,
                 strategy_params=params,
+                privacy=dp_settings,
                 created_by=actor if actor is not None and actor.is_authenticated else None,
             )
             audit.record(kind="model.created", actor=actor, data={"model": slug})
@@ -215,6 +221,7 @@ def fl_model_update(
     strategy_params: Any = None,
     training_hints: Any = None,
     description: str | None = None,
+    privacy: Any = None,
     actor: AbstractBaseUser | None = None,
 ) -> FederatedModel:
     """Change how the model is trained. Applies from the next round that opens; a running
@@ -230,6 +237,11 @@ def fl_model_update(
         changes.update(strategy=name, strategy_params=parse_strategy(name, given))
     if training_hints is not None:
         changes["training_hints"] = parse_training_hints(training_hints)
+    if privacy is not None or "strategy" in changes:
+        dp_given = fl_model.privacy if privacy is None else privacy
+        changes["privacy"] = parse_privacy(
+            dp_given, strategy=changes.get("strategy", fl_model.strategy)
+        )
     if description is not None:
         changes["description"] = description
     if not changes:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import F, Max, Value
@@ -25,7 +27,9 @@ from clients.sdk import codec
 from flportal.errors import Conflict, NotFound, ValidationFailed
 from rounds import aggregation, artifacts, audit, broadcast
 from rounds.aggregation import AggregationError
+from rounds.aggregation.dp import dp_fedavg
 from rounds.models import FederatedModel, ModelVersion, Round, Update
+from rounds.services import privacy
 from rounds.services.fl_models import fl_model_specs, version_create, version_latest
 
 logger = logging.getLogger(__name__)
@@ -82,6 +86,9 @@ def round_create(
             f"{needed} updates; min_updates is {min_updates}.",
             code="quorum_too_small",
         )
+    if fl_model.privacy:
+        waiting = fl_model.rounds.filter(status=Round.Status.SCHEDULED).count()
+        privacy.check_budget(fl_model, q=1.0, extra=waiting + 1)
     if version_latest(fl_model) is None:
         raise Conflict(
             "The model has no version yet; upload initial weights first.",
@@ -124,6 +131,26 @@ def round_open(*, fl_round: Round) -> bool:
         now = timezone.now()
         deadline = now + timedelta(seconds=fl_round.duration_seconds)
         fl_model = FederatedModel.objects.get(pk=fl_round.fl_model_id)
+        eligible = Merchant.objects.filter(status=Merchant.Status.ACTIVE).count()
+        round_privacy: dict[str, Any] = {}
+        if fl_model.privacy:
+            q = 1.0  # every eligible merchant is invited
+            try:
+                spent = privacy.check_budget(fl_model, q=q)
+            except Conflict as exc:  # refused before it opens: nothing is released
+                Round.objects.filter(pk=fl_round.pk, status=Round.Status.SCHEDULED).update(
+                    status=Round.Status.FAILED, failure_reason=exc.detail, finished_at=now
+                )
+                fl_round.refresh_from_db()
+                audit.record(kind="round.failed", fl_round=fl_round, data={"reason": exc.detail})
+                _announce(fl_round, "round.failed")
+                return False
+            round_privacy = {
+                **fl_model.privacy,
+                "q": q,
+                "eligible": eligible,
+                "epsilon_after": spent,
+            }
         claimed = Round.objects.filter(
             pk=fl_round.pk, status=Round.Status.SCHEDULED, opens_at__lte=now
         ).update(
@@ -133,6 +160,7 @@ def round_open(*, fl_round: Round) -> bool:
             base_version=base_version,
             strategy=fl_model.strategy,  # fixed for this round, whatever changes later
             strategy_params=fl_model.strategy_params,
+            privacy=round_privacy,
         )
         if claimed != 1:
             return False
@@ -238,6 +266,9 @@ def round_aggregate(*, round_id: int) -> int | None:
     updates = _accepted_updates(fl_round)
     try:
         with _opened(fl_round, updates) as (arrays, current, state):
+            if fl_round.privacy:
+                outcome = _dp_outcome(fl_round, arrays, current)
+                return _complete(fl_round, updates, outcome)
             outcome = aggregation.aggregate(
                 fl_round.strategy,
                 fl_round.strategy_params,
@@ -259,7 +290,12 @@ def round_aggregation_plan(*, round_id: int, min_params: int, slices: int) -> di
     The plan is plain JSON (spans of flat indices, clipping scales): arrays never travel
     through the broker; every slice task reads the stored files itself."""
     fl_round = _aggregating(round_id)
-    if fl_round is None or slices < 2 or fl_round.strategy not in aggregation.PARALLEL:
+    if (
+        fl_round is None
+        or slices < 2
+        or fl_round.strategy not in aggregation.PARALLEL
+        or fl_round.privacy
+    ):
         return None
     specs = fl_model_specs(fl_round.fl_model)
     if sum(spec.size for spec in specs) < min_params:
@@ -370,6 +406,7 @@ def round_snapshot(fl_round: Round) -> dict[str, Any]:
         if fl_round.strategy
         else fl_round.fl_model.strategy_params,
         "aggregation": version.aggregation if version else {},
+        "privacy": fl_round.privacy,
         "min_updates": fl_round.min_updates,
         "target_updates": fl_round.target_updates,
         "participants": fl_round.participants.count(),
@@ -469,6 +506,20 @@ def _open_next_on_commit(fl_model_id: int) -> None:
             round_open(fl_round=nxt)
 
     transaction.on_commit(open_next)
+
+
+def _dp_outcome(fl_round: Round, arrays: list, current: dict) -> aggregation.Outcome:
+    """DP-FedAvg with noise from a generator seeded by the OS's cryptographic source."""
+    settings = fl_round.privacy
+    rng = np.random.default_rng(secrets.randbits(128))
+    weights, info = dp_fedavg(
+        arrays,
+        current=current,
+        clip_norm=settings["clip_norm"],
+        noise_multiplier=settings["noise_multiplier"],
+        rng=rng,
+    )
+    return aggregation.Outcome(weights, {}, {**info, "epsilon_after": settings["epsilon_after"]})
 
 
 def _aggregating(round_id: int) -> Round | None:
