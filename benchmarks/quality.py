@@ -426,6 +426,15 @@ def _print(row: dict[str, Any], *, as_json: bool) -> None:
                 else v < row["solo"].get(shop, {}).get("test", -np.inf)
             )
         )
+        shared = [shop for shop, v in fed["per_shop"].items() if v is not None]
+        fed_mean = np.mean([fed["per_shop"][shop] for shop in shared]) if shared else np.nan
+        solo_mean_shared = (
+            np.mean([row["solo"][shop]["test"] for shop in shared]) if shared else np.nan
+        )
+        print(
+            f"      per-shop mean on own test: federated {fed_mean:.4f} vs solo "
+            f"{solo_mean_shared:.4f}"
+        )
         print(
             f"      shops better than solo: {better}/{row['shops']}"
             + (
