@@ -263,7 +263,9 @@ def test_make_trainer_validates_options(options):
 
 @needs_data
 def test_make_trainer_coerces_strings_and_trains():
-    shards, _ = partition(shops=SHOPS, seed=0)
+    from flportal.datasets import instacart
+
+    shop = instacart.split(shops=SHOPS, seed=0).shops[2]  # 80% of the shop's customers
     train = make_trainer(shop="2", shops=str(SHOPS), seed="0")
     start = init_weights()
     hints = {"epochs": "1", "learning_rate": "0.1", "batch_size": 128, "round": 3}
@@ -271,14 +273,15 @@ def test_make_trainer_coerces_strings_and_trains():
     result = train(start, hints)
 
     assert isinstance(result, TrainResult)
-    assert result.num_examples == len(shards[2])
+    assert result.num_examples == len(shop.train)
     assert set(result.metrics) >= {"loss", "accuracy"}
     assert all(isinstance(v, float) for v in result.metrics.values())
-    expected = train_local(start, shards[2], epochs=1, learning_rate=0.1, batch_size=128, seed=3)
+    expected = train_local(start, shop.train, epochs=1, learning_rate=0.1, batch_size=128, seed=3)
+    assert train.evaluate(result.weights).num_examples == len(shop.test)
     for name in start:
         np.testing.assert_array_equal(result.weights[name], expected[name])
-    assert result.metrics["loss"] < evaluate(start, shards[2])["loss"]
+    assert result.metrics["loss"] < evaluate(start, shop.train)["loss"]
 
     next_round = train(start, {**hints, "round": 4})
     assert not np.array_equal(next_round.weights["weight"], result.weights["weight"])
-    assert train(start, {}).num_examples == len(shards[2])
+    assert train(start, {}).num_examples == len(shop.train)
