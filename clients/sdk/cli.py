@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from clients.sdk.client import ApiError, FlportalClient, RoundInfo
+from clients.sdk.privacy import with_local_dp
 from clients.sdk.training import Trainer
 
 logger = logging.getLogger("flportal.client")
@@ -141,6 +142,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--max-rounds", type=int, default=None)
     run.add_argument("--poll", type=float, default=0.5, help="seconds between polls when idle")
     run.add_argument("--json", action="store_true", help="print one JSON line per update")
+    run.add_argument(
+        "--local-dp-clip",
+        type=float,
+        default=None,
+        help="local DP: clip each update's change to this L2 norm",
+    )
+    run.add_argument(
+        "--local-dp-noise",
+        type=float,
+        default=0.0,
+        help="local DP: Gaussian noise multiplier (std = multiplier x clip)",
+    )
     commands.add_parser("rounds", help="list the open rounds this merchant is invited to")
     status = commands.add_parser("status", help="show my update for a round")
     status.add_argument("round_id", type=int)
@@ -173,6 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(json.dumps(client.update_status(args.round_id)))
                 return 0
             trainer = load_trainer(args.trainer, _parse_options(args.option))
+            if args.local_dp_clip is not None:
+                trainer = with_local_dp(
+                    trainer, clip_norm=args.local_dp_clip, noise_multiplier=args.local_dp_noise
+                )
             stop = threading.Event()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: stop.set())
