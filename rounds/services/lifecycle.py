@@ -138,9 +138,11 @@ def round_open(*, fl_round: Round) -> bool:
             try:
                 spent = privacy.check_budget(fl_model, q=q)
             except Conflict as exc:  # refused before it opens: nothing is released
-                Round.objects.filter(pk=fl_round.pk, status=Round.Status.SCHEDULED).update(
-                    status=Round.Status.FAILED, failure_reason=exc.detail, finished_at=now
-                )
+                refused = Round.objects.filter(
+                    pk=fl_round.pk, status=Round.Status.SCHEDULED, opens_at__lte=now
+                ).update(status=Round.Status.FAILED, failure_reason=exc.detail, finished_at=now)
+                if refused != 1:
+                    return False
                 fl_round.refresh_from_db()
                 audit.record(kind="round.failed", fl_round=fl_round, data={"reason": exc.detail})
                 _announce(fl_round, "round.failed")
