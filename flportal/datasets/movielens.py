@@ -2,8 +2,8 @@
 
 The ratings ship as ``dataset_example/ml-100k/ml-100k.inter`` inside the ``recbole`` package,
 which is only a container for that file (see :mod:`flportal.datasets.base`): tab-separated,
-header ``user_id:token item_id:token rating:float timestamp:float``, 100,000 ratings of 1,682
-items by 943 users.
+a header row naming the user, item, rating and timestamp columns (read from the installed file,
+never copied here), 100,000 ratings of 1,682 items by 943 users.
 
 Shops are groups of users: each user belongs to exactly one shop. For every user the latest
 ``test_fraction`` of their ratings by timestamp (at least one) is held out as test
