@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from clients.sdk.models import logreg
+from clients.sdk.models import as_int, logreg
 from clients.sdk.models import make_trainer as sdk_make_trainer
 from clients.sdk.training import Trainer, TrainResult
 from flportal.datasets import instacart
@@ -77,7 +77,7 @@ def make_trainer(*, shop: int | str, shops: int | str, seed: int | str = 0) -> T
     """The SDK trainer of 0-based ``shop`` among ``shops`` Instacart shops (options arrive as
     strings from ``flportal-client --option``). It evaluates new versions on the shop's own
     held-out customers (federated evaluation)."""
-    shop_i, shops_i, seed_i = _as_int("shop", shop), _as_int("shops", shops), _as_int("seed", seed)
+    shop_i, shops_i, seed_i = as_int("shop", shop), as_int("shops", shops), as_int("seed", seed)
     if shops_i < 1:
         raise ValueError(f"shops must be at least 1, got {shops_i}")
     if not 0 <= shop_i < shops_i:
@@ -86,16 +86,3 @@ def make_trainer(*, shop: int | str, shops: int | str, seed: int | str = 0) -> T
     return sdk_make_trainer(
         "logreg", lambda: (chosen.train, chosen.test), seed=seed_i, n_features=NUM_FEATURES
     )
-
-
-def _as_int(name: str, value: Any) -> int:
-    """Coerce CLI/JSON input (``"3"``, ``3``, ``3.0``) to int, rejecting anything else."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    try:
-        number = float(value.strip()) if isinstance(value, str) else float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
-    if not number.is_integer():
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    return int(number)

@@ -25,7 +25,17 @@ import numpy as np
 from clients.sdk.models import ctr, logreg, mf, mlp
 from clients.sdk.training import EvalResult, Trainer, TrainResult
 
-__all__ = ["TEMPLATES", "ctr", "logreg", "make_trainer", "mf", "mlp", "template_module"]
+__all__ = [
+    "TEMPLATES",
+    "as_float",
+    "as_int",
+    "ctr",
+    "logreg",
+    "make_trainer",
+    "mf",
+    "mlp",
+    "template_module",
+]
 
 TEMPLATES: dict[str, ModuleType] = {"logreg": logreg, "mlp": mlp, "ctr": ctr, "mf": mf}
 
@@ -58,8 +68,8 @@ def make_trainer(
     are refused.
     """
     module = template_module(template)
-    base_seed = _as_int("seed", seed)
-    expected = module.tensor_specs(**{k: _as_int(k, v) for k, v in dims.items()}) if dims else None
+    base_seed = as_int("seed", seed)
+    expected = module.tensor_specs(**{k: as_int(k, v) for k, v in dims.items()}) if dims else None
     train_data, test_data = data_provider()
     num_examples, num_test = _num_examples(train_data), _num_examples(test_data)
     local: Any = None
@@ -72,11 +82,11 @@ def make_trainer(
         new, metrics, new_local = module.train(
             weights,
             train_data,
-            epochs=_as_int("epochs", hint["epochs"]),
-            learning_rate=_as_float("learning_rate", hint["learning_rate"]),
-            batch_size=_as_int("batch_size", hint["batch_size"]),
-            proximal_mu=_as_float("proximal_mu", hint.get("proximal_mu", 0.0)),
-            seed=base_seed + _as_int("round", hint.get("round", 0)),
+            epochs=as_int("epochs", hint["epochs"]),
+            learning_rate=as_float("learning_rate", hint["learning_rate"]),
+            batch_size=as_int("batch_size", hint["batch_size"]),
+            proximal_mu=as_float("proximal_mu", hint.get("proximal_mu", 0.0)),
+            seed=base_seed + as_int("round", hint.get("round", 0)),
             local=local,
         )
         test = module.evaluate(new, test_data, local=new_local)
@@ -110,7 +120,7 @@ def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
     return {name: float(v) for name, v in metrics.items() if math.isfinite(v)}
 
 
-def _as_int(name: str, value: Any) -> int:
+def as_int(name: str, value: Any) -> int:
     """Accept 3, "3" and 3.0 (JSON and command-line spellings); refuse 3.5, True, "x"."""
     if isinstance(value, bool):
         raise ValueError(f"{name} must be an integer, got {value!r}")
@@ -123,7 +133,7 @@ def _as_int(name: str, value: Any) -> int:
     return int(number)
 
 
-def _as_float(name: str, value: Any) -> float:
+def as_float(name: str, value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(f"{name} must be a number, got {value!r}")
     try:

@@ -270,3 +270,54 @@ def classification_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float
         "accuracy": float(np.mean((logits >= 0.0) == (y > 0.5))),
         "auc": auc(y, logits),
     }
+
+
+def train_tabular(
+    weights: Mapping[str, np.ndarray],
+    data: Any,
+    *,
+    specs: list[dict[str, Any]],
+    loss_and_grads: Callable[[Weights, Tabular], tuple[float, Weights]],
+    logits: Callable[[Weights, np.ndarray], np.ndarray],
+    epochs: int,
+    learning_rate: float,
+    batch_size: int,
+    proximal_mu: float,
+    seed: int,
+    local: None,
+) -> tuple[Weights, dict[str, float], None]:
+    """Mini-batch SGD of a dense classifier from ``weights`` (FedProx pull ``proximal_mu``):
+    new float32 weights, their metrics on ``data`` and ``None`` (no local state)."""
+    check_training(
+        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, proximal_mu=proximal_mu
+    )
+    no_local(local)
+    params = check_weights(weights, specs)
+    table = tabular(data, specs[0]["shape"][0])
+    minibatch_sgd(
+        params,
+        table,
+        loss_and_grads,
+        n=table.y.shape[0],
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        proximal_mu=proximal_mu,
+        seed=seed,
+    )
+    return to_float32(params, specs), classification_metrics(logits(params, table.x), table.y), None
+
+
+def evaluate_tabular(
+    weights: Mapping[str, np.ndarray],
+    data: Any,
+    *,
+    specs: list[dict[str, Any]],
+    logits: Callable[[Weights, np.ndarray], np.ndarray],
+    local: None,
+) -> dict[str, float]:
+    """``loss`` (mean log-loss), ``accuracy`` (at p = 0.5) and ``auc`` (NaN with one class)."""
+    no_local(local)
+    params = check_weights(weights, specs)
+    table = tabular(data, specs[0]["shape"][0])
+    return classification_metrics(logits(params, table.x), table.y)

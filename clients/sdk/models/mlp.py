@@ -16,17 +16,12 @@ from clients.sdk.models._common import (
     Tabular,
     Weights,
     check_dim,
-    check_training,
-    check_weights,
-    classification_metrics,
     dim_of,
+    evaluate_tabular,
     log_loss,
-    minibatch_sgd,
-    no_local,
     sigmoid,
     spec,
-    tabular,
-    to_float32,
+    train_tabular,
 )
 
 DEFAULT_HINTS: dict[str, Any] = {"epochs": 2, "learning_rate": 0.05, "batch_size": 64}
@@ -70,30 +65,22 @@ def train(
     seed: int = 0,
     local: None = None,
 ) -> tuple[Weights, dict[str, float], None]:
-    """Mini-batch SGD from ``weights`` (FedProx pull ``proximal_mu``); returns new float32
-    weights, their metrics on ``data`` and ``None`` (no local state)."""
-    check_training(
-        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, proximal_mu=proximal_mu
-    )
-    no_local(local)
-    specs = _specs(weights)
-    params = check_weights(weights, specs)
-    table = tabular(data, specs[0]["shape"][0])
-    minibatch_sgd(
-        params,
-        table,
-        _loss_and_grads,
-        n=table.y.shape[0],
+    """Mini-batch SGD from ``weights``; FedProx pulls towards them with strength ``proximal_mu``.
+
+    Returns new float32 weights, their metrics on ``data`` and ``None`` (no local state).
+    """
+    return train_tabular(
+        weights,
+        data,
+        specs=_specs(weights),
+        loss_and_grads=_loss_and_grads,
+        logits=_logits,
         epochs=epochs,
         learning_rate=learning_rate,
         batch_size=batch_size,
         proximal_mu=proximal_mu,
         seed=seed,
-    )
-    return (
-        to_float32(params, specs),
-        classification_metrics(_logits(params, table.x), table.y),
-        None,
+        local=local,
     )
 
 
@@ -101,11 +88,7 @@ def evaluate(
     weights: Mapping[str, np.ndarray], data: Any, *, local: None = None
 ) -> dict[str, float]:
     """``loss`` (mean log-loss), ``accuracy`` (at p = 0.5) and ``auc`` (NaN with one class)."""
-    no_local(local)
-    specs = _specs(weights)
-    params = check_weights(weights, specs)
-    table = tabular(data, specs[0]["shape"][0])
-    return classification_metrics(_logits(params, table.x), table.y)
+    return evaluate_tabular(weights, data, specs=_specs(weights), logits=_logits, local=local)
 
 
 def _specs(weights: Mapping[str, Any]) -> list[dict[str, Any]]:
