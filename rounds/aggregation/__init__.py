@@ -1,6 +1,12 @@
 """Pure numpy aggregation strategies: no Django, no I/O, no hidden randomness."""
 
-from rounds.aggregation.clipping import clip, scale_deltas, update_norms
+from rounds.aggregation.clipping import (
+    clip,
+    clip_report,
+    clip_scales,
+    scale_deltas,
+    update_norms,
+)
 from rounds.aggregation.core import (
     AggregationError,
     assemble,
@@ -37,6 +43,8 @@ __all__ = [
     "check_compatible",
     "check_weights",
     "clip",
+    "clip_report",
+    "clip_scales",
     "fedadagrad",
     "fedadam",
     "fedavg",

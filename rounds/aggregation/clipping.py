@@ -37,8 +37,18 @@ def clip(
     if not np.isfinite(max_norm) or max_norm <= 0:
         raise AggregationError("clip_norm must be positive.", code="invalid_strategy_params")
     norms = update_norms(updates, reference=reference)
-    scales = [1.0 if norm <= max_norm else max_norm / norm for norm in norms]
-    return scale_deltas(updates, reference=reference, scales=scales), norms
+    return scale_deltas(updates, reference=reference, scales=clip_scales(norms, max_norm)), norms
+
+
+def clip_scales(norms: Sequence[float], max_norm: float) -> list[float]:
+    """The factor each update's change is multiplied by: min(1, max_norm / norm)."""
+    return [1.0 if norm <= max_norm else max_norm / norm for norm in norms]
+
+
+def clip_report(norms: Sequence[float], max_norm: float) -> dict[str, Any]:
+    """What clipping did, as recorded with the version: how many were clipped, the largest."""
+    norms = np.asarray(norms, dtype=np.float64)
+    return {"clipped": int(np.sum(norms > max_norm)), "max_norm_seen": float(norms.max())}
 
 
 def scale_deltas(

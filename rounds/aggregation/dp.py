@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from rounds.aggregation.clipping import clip
+from rounds.aggregation.clipping import clip, clip_report
 from rounds.aggregation.core import AggregationError, Tensors, reference_specs
 from rounds.aggregation.fedavg import fedavg
 
@@ -43,7 +43,7 @@ def dp_fedavg(
         noise = rng.normal(0.0, std, size=spec.shape) if std > 0 else 0.0
         noisy[spec.name] = (mean[spec.name].astype(np.float64) + noise).astype(spec.dtype)
     info = {
-        "clipped": int(np.sum(norms > clip_norm)),
+        "clipped": clip_report(norms, clip_norm)["clipped"],
         "noise_std": float(std),
         "clip_norm": float(clip_norm),
         "noise_multiplier": float(noise_multiplier),

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from rounds.aggregation import robust, server_opt
-from rounds.aggregation.clipping import clip
+from rounds.aggregation.clipping import clip, clip_report
 from rounds.aggregation.core import (
     AggregationError,
     Spans,
@@ -173,7 +173,7 @@ def aggregate(
     specs = reference_specs(updates)
     if current:
         check_compatible(specs, current, index=-1)  # the base version must fit the updates
-    updates, info = _clipped(updates, current, params)
+    updates, info = clip_updates(updates, current, params)
     if strategy in {"krum", "multi_krum"}:
         result, kept = robust.krum(updates, weights, f=params["f"], m=params.get("m", 1))
         return Outcome(result, {}, info | {"kept": kept})
@@ -229,16 +229,8 @@ def finish(
 def clip_updates(
     updates: Sequence[Tensors], current: Tensors, params: Mapping[str, Any]
 ) -> tuple[Sequence[Tensors], dict[str, Any]]:
-    return _clipped(updates, current, params)
-
-
-def _clipped(
-    updates: Sequence[Tensors], current: Tensors, params: Mapping[str, Any]
-) -> tuple[Sequence[Tensors], dict[str, Any]]:
+    """Apply the ``clip_norm`` parameter (if set); returns the updates and what clipping did."""
     if "clip_norm" not in params:
         return updates, {}
     clipped, norms = clip(updates, reference=current, max_norm=params["clip_norm"])
-    return clipped, {
-        "clipped": int(np.sum(norms > params["clip_norm"])),
-        "max_norm_seen": float(norms.max()),
-    }
+    return clipped, clip_report(norms, params["clip_norm"])

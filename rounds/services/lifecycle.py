@@ -270,15 +270,15 @@ def round_aggregate(*, round_id: int) -> int | None:
         with _opened(fl_round, updates) as (arrays, current, state):
             if fl_round.privacy:
                 outcome = _dp_outcome(fl_round, arrays, current)
-                return _complete(fl_round, updates, outcome)
-            outcome = aggregation.aggregate(
-                fl_round.strategy,
-                fl_round.strategy_params,
-                updates=arrays,
-                weights=[u.num_examples for u in updates],
-                current=current,
-                state=state,
-            )
+            else:
+                outcome = aggregation.aggregate(
+                    fl_round.strategy,
+                    fl_round.strategy_params,
+                    updates=arrays,
+                    weights=[u.num_examples for u in updates],
+                    current=current,
+                    state=state,
+                )
     except (AggregationError, codec.CodecError, OSError) as exc:
         _fail_aggregation(round_id, exc)
         return None
@@ -313,11 +313,8 @@ def round_aggregation_plan(*, round_id: int, min_params: int, slices: int) -> di
         except (AggregationError, codec.CodecError, OSError) as exc:
             _fail_aggregation(round_id, exc)
             return None
-        scales = [1.0 if n <= clip_norm else clip_norm / n for n in norms]
-        info = {
-            "clipped": int(sum(n > clip_norm for n in norms)),
-            "max_norm_seen": float(max(norms)),
-        }
+        scales = aggregation.clip_scales(norms, clip_norm)
+        info = aggregation.clip_report(norms, clip_norm)
     return {"spans": aggregation.partition_spans(specs, slices), "scales": scales, "info": info}
 
 
