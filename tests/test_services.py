@@ -782,3 +782,18 @@ def test_round_cancel_of_a_scheduled_round_cancels_it():
 
     fl_round.refresh_from_db()
     assert fl_round.status == Round.Status.CANCELLED
+
+
+def test_a_round_snapshot_lists_only_the_latest_updates_but_counts_them_all(
+    monkeypatch, aggregate_calls
+):
+    from rounds.services import lifecycle
+
+    monkeypatch.setattr(lifecycle, "SNAPSHOT_UPDATES", 2)
+    merchants = [MerchantFactory() for _ in range(3)]
+    fl_round = make_open_round(min_updates=3, target_updates=3)
+    for merchant in merchants:
+        submit_update(fl_round, merchant)
+    snapshot = services.round_snapshot(fl_round)
+    assert snapshot["submitted"] == 3
+    assert [u["merchant"] for u in snapshot["updates"]] == [m.slug for m in merchants[1:]]

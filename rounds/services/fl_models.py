@@ -294,7 +294,6 @@ def version_create(
                 size_bytes=blob.size,
                 produced_by=produced_by,
                 metrics=metrics or {},
-                strategy=fl_model.strategy if produced_by else "",
             )
             audit.record(
                 kind="version.created",

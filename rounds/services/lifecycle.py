@@ -35,6 +35,7 @@ from rounds.services.fl_models import fl_model_specs, version_create, version_la
 logger = logging.getLogger(__name__)
 
 ACTIVE_STATUSES = (Round.Status.OPEN, Round.Status.AGGREGATING)
+SNAPSHOT_UPDATES = 100  # the most recent updates a snapshot lists (the count is exact)
 MAX_DURATION = 30 * 24 * 3600
 
 
@@ -389,11 +390,12 @@ def round_aggregation_failed(*, round_id: int, reason: str) -> None:
 
 def round_snapshot(fl_round: Round) -> dict[str, Any]:
     """What the live page and the operator API show of a round, as plain JSON."""
-    updates = list(
+    latest = (
         fl_round.updates.select_related("merchant")
-        .order_by("created_at")
+        .order_by("-created_at", "-id")
         .values("merchant__slug", "num_examples", "status", "created_at", "metrics")
     )
+    updates = list(latest[:SNAPSHOT_UPDATES])[::-1]  # sent on every upload: keep it bounded
     version = getattr(fl_round, "result_version", None) if fl_round.status == "completed" else None
     return {
         "id": fl_round.pk,
@@ -409,7 +411,7 @@ def round_snapshot(fl_round: Round) -> dict[str, Any]:
         "min_updates": fl_round.min_updates,
         "target_updates": fl_round.target_updates,
         "participants": fl_round.participants.count(),
-        "submitted": sum(1 for u in updates if u["status"] == Update.Status.ACCEPTED),
+        "submitted": _accepted(fl_round),
         "base_version": fl_round.base_version.number if fl_round.base_version else None,
         "result_version": version.number if version else None,
         "metrics": version.metrics if version else {},
