@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from rest_framework.authentication import SessionAuthentication
-from rest_framework.permissions import BasePermission, IsAdminUser
+from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from clients.authentication import MerchantPrincipal, MerchantTokenAuthentication
+from flportal.roles import can_view, is_operator
 
 
 class IsMerchant(BasePermission):
@@ -31,9 +32,16 @@ class IsActiveMerchant(IsMerchant):
         return bool(merchant.is_active)
 
 
-class IsOperator(IsAdminUser):
-    message = "Operators only: log in with a staff account."
+class IsOperator(BasePermission):
+    """Operators act through the whole API; viewers may only read (GET, HEAD, OPTIONS)."""
+
+    message = "Operators only: log in with an operator account."
     code = "not_an_operator"
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        if request.method in ("GET", "HEAD", "OPTIONS"):
+            return can_view(request.user)
+        return is_operator(request.user)
 
 
 class MerchantApiView(APIView):

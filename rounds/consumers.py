@@ -7,6 +7,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from flportal.roles import can_view
 from rounds import broadcast, services
 from rounds.models import Round
 
@@ -18,7 +19,7 @@ class RoundProgressConsumer(AsyncJsonWebsocketConsumer):
 
     async def connect(self) -> None:
         user = self.scope.get("user")
-        if user is None or not user.is_authenticated or not user.is_staff:
+        if user is None or not await database_sync_to_async(can_view)(user):
             await self.close(code=4403)
             return
         round_id = int(self.scope["url_route"]["kwargs"]["round_id"])

@@ -1,9 +1,9 @@
 from django.urls import path
 
-from rounds import views
+from rounds.views import live
 
 app_name = "rounds"
 urlpatterns = [
-    path("rounds/", views.round_list, name="round-list"),
-    path("rounds/<int:round_id>/", views.round_detail, name="round-detail"),
+    path("rounds/", live.round_list, name="round-list"),
+    path("rounds/<int:round_id>/", live.round_detail, name="round-detail"),
 ]

@@ -7,9 +7,11 @@ from typing import Any
 import factory
 import numpy as np
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 
 from clients import services as client_services
 from clients.models import Merchant
+from flportal.roles import OPERATORS_GROUP, VIEWERS_GROUP
 from rounds import artifacts, services
 from rounds.models import FederatedModel, Round, Update
 
@@ -33,9 +35,21 @@ class MerchantFactory(factory.django.DjangoModelFactory):
 class OperatorFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = get_user_model()
+        skip_postgeneration_save = True
 
     username = factory.Sequence(lambda n: f"operator{n}")
     is_staff = True
+
+    @factory.post_generation
+    def role(self, create: bool, extracted: str | None, **kwargs) -> None:
+        """``OperatorFactory()`` is in the operators group; ``role="viewer"`` makes a viewer."""
+        name = VIEWERS_GROUP if extracted == "viewer" else OPERATORS_GROUP
+        if create and extracted != "none":
+            self.groups.add(Group.objects.get_or_create(name=name)[0])
+
+
+def ViewerFactory(**kwargs):
+    return OperatorFactory(role="viewer", **kwargs)
 
 
 def token_for(merchant: Merchant) -> str:

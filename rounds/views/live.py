@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from django.contrib.admin.views.decorators import staff_member_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
+from flportal.roles import viewer_required
 from rounds import services
 from rounds.aggregation import LABELS
 from rounds.models import Round
 
 
-@staff_member_required
+@viewer_required
 def round_list(request: HttpRequest) -> HttpResponse:
     rounds = Round.objects.select_related("fl_model", "result_version").order_by("-created_at")[
         :100
@@ -19,7 +19,7 @@ def round_list(request: HttpRequest) -> HttpResponse:
     return render(request, "rounds/round_list.html", {"rounds": rounds})
 
 
-@staff_member_required
+@viewer_required
 def round_detail(request: HttpRequest, round_id: int) -> HttpResponse:
     fl_round = Round.objects.select_related("fl_model", "base_version").filter(pk=round_id).first()
     if fl_round is None:
