@@ -105,6 +105,15 @@ class Round(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     failure_reason = models.TextField(blank=True)
     participants = models.ManyToManyField(Merchant, related_name="rounds", blank=True)
+    selection = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="who is invited at open: {} = all active merchants; else fraction, "
+        "over_selection and/or a cohort (rounds.services.selection)",
+    )
+    series = models.UUIDField(
+        null=True, blank=True, db_index=True, help_text="rounds scheduled together as a series"
+    )
     created_at = models.DateTimeField(default=timezone.now)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
