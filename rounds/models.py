@@ -28,6 +28,12 @@ class FederatedModel(models.Model):
         blank=True,
         help_text="central DP: clip_norm, noise_multiplier, delta, epsilon_budget, accountant",
     )
+    secure_aggregation = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="secure aggregation ({} = off): neighbours, threshold, clip_range, max_weight, "
+        "phase_seconds (rounds.services.secagg)",
+    )
     created_at = models.DateTimeField(default=timezone.now)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -95,6 +101,11 @@ class Round(models.Model):
     privacy = models.JSONField(
         default=dict, blank=True, help_text="DP in force, sampling rate and epsilon after it"
     )
+    secagg = models.JSONField(
+        default=dict, blank=True, help_text="secure-aggregation settings in force and the context"
+    )
+    secagg_phase = models.CharField(max_length=16, blank=True, help_text="while the round is open")
+    phase_deadline_at = models.DateTimeField(null=True, blank=True)
     min_updates = models.PositiveIntegerField(help_text="quorum: fewer at the deadline fails")
     target_updates = models.PositiveIntegerField(help_text="close as soon as this many arrive")
     duration_seconds = models.PositiveIntegerField(help_text="from opening to the deadline")
@@ -217,3 +228,60 @@ class Evaluation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.merchant} on {self.version}"
+
+
+class SecAggParticipant(models.Model):
+    """One merchant in a secure-aggregation round: its index, keys and how far it got."""
+
+    fl_round = models.ForeignKey(Round, on_delete=models.CASCADE, related_name="secagg_members")
+    merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, related_name="+")
+    index = models.PositiveSmallIntegerField(help_text="1..n, the Shamir x coordinate")
+    c_public_key = models.BinaryField(help_text="registered X25519 key (share encryption)")
+    s_public_key = models.BinaryField(null=True, blank=True, help_text="this round's mask key")
+    neighbours = models.JSONField(default=list, blank=True)
+    advertised_at = models.DateTimeField(null=True, blank=True)
+    shared_at = models.DateTimeField(null=True, blank=True)
+    masked_at = models.DateTimeField(null=True, blank=True)
+    revealed_at = models.DateTimeField(null=True, blank=True)
+    masked = models.FileField(upload_to="masked/", max_length=255, blank=True)
+    masked_sha256 = models.CharField(max_length=64, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["fl_round", "index"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["fl_round", "merchant"], name="secagg_one_per_merchant"
+            ),
+            models.UniqueConstraint(fields=["fl_round", "index"], name="secagg_index_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.index} {self.merchant} in {self.fl_round}"
+
+
+class SecAggShare(models.Model):
+    """A sealed Shamir share bundle from ``sender`` to ``recipient``; in unmasking the recipient
+    reveals the one half the server needs (b of a survivor, s of a dropped merchant)."""
+
+    class Kind(models.TextChoices):
+        SELF_MASK = "b", "self-mask seed"
+        MASK_KEY = "s", "mask key"
+
+    fl_round = models.ForeignKey(Round, on_delete=models.CASCADE, related_name="secagg_shares")
+    sender = models.PositiveSmallIntegerField()
+    recipient = models.PositiveSmallIntegerField()
+    sealed = models.BinaryField()
+    revealed = models.BinaryField(null=True, blank=True)
+    revealed_kind = models.CharField(max_length=1, choices=Kind.choices, blank=True)
+
+    class Meta:
+        ordering = ["fl_round", "sender", "recipient"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["fl_round", "sender", "recipient"], name="secagg_share_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"share {self.sender}->{self.recipient} in {self.fl_round}"
