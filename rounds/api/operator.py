@@ -209,17 +209,21 @@ class RoundListApi(OperatorApiView):
         request=RoundCreateInput,
         responses={201: RoundOutput(many=True)},
         summary="Open a round now, schedule it, or schedule a series",
+        description="`selection` chooses the participants when each round opens: every active "
+        "merchant (default), a random `fraction` with `over_selection`, and/or a `cohort` of "
+        "merchants by category, region and size band. Errors: `invalid_selection`, "
+        "`invalid_fraction`, `invalid_over_selection`, `invalid_cohort`, `invalid_interval`.",
     )
     def post(self, request: Request) -> Response:
         data = RoundCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)
         fl_model = services.fl_model_get(slug=values.pop("model"))
-        count = values.pop("count")
-        created = [
-            services.round_create(fl_model=fl_model, actor=request.user, **values)
-            for _ in range(count)
-        ]
+        values.pop("selection")  # the serializer documents it; the service validates it whole,
+        raw_selection = request.data.get("selection")  # refusing keys DRF would silently drop
+        created = services.rounds_schedule(
+            fl_model=fl_model, selection=raw_selection, actor=request.user, **values
+        )
         snapshots = [services.round_snapshot(r) for r in created]
         return Response(RoundOutput(snapshots, many=True).data, status=status.HTTP_201_CREATED)
 

@@ -74,7 +74,11 @@ class MerchantRoundOutput(serializers.Serializer):
     base_version = VersionOutput()
     training_hints = serializers.SerializerMethodField()
     tensors = TensorSpecSerializer(source="fl_model.tensors", many=True)
+    secure_aggregation = serializers.SerializerMethodField()
     my_update = serializers.SerializerMethodField()
+
+    def get_secure_aggregation(self, fl_round: Round) -> bool:
+        return bool(fl_round.secagg)
 
     def get_training_hints(self, fl_round: Round) -> dict[str, Any]:
         return round_training_hints(fl_round)
@@ -212,6 +216,27 @@ class StrategyOutput(serializers.Serializer):
     params = StrategyParamOutput(many=True)
 
 
+class CohortInput(serializers.Serializer):
+    category = serializers.ListField(child=serializers.CharField(), required=False)
+    region = serializers.ListField(child=serializers.CharField(), required=False)
+    size_band = serializers.ListField(child=serializers.CharField(), required=False)
+
+
+class SelectionInput(serializers.Serializer):
+    """Who is invited when the round opens; omitted or {}: every active merchant."""
+
+    fraction = serializers.FloatField(
+        required=False, help_text="in (0, 1]: invite this share of the eligible merchants"
+    )
+    over_selection = serializers.FloatField(
+        required=False, help_text="in [0, 1]: invite this much more to absorb drop-outs (0.2)"
+    )
+    cohort = CohortInput(
+        required=False,
+        help_text="only active merchants with these attributes (values OR, attributes AND)",
+    )
+
+
 class RoundCreateInput(serializers.Serializer):
     model = serializers.SlugField()
     min_updates = serializers.IntegerField(min_value=1, max_value=1_000_000)
@@ -223,6 +248,14 @@ class RoundCreateInput(serializers.Serializer):
     count = serializers.IntegerField(
         min_value=1, max_value=100, default=1, help_text="schedule a series of this many rounds"
     )
+    interval_seconds = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="space a series: round i opens at opens_at + i * interval (60 s to 30 days); "
+        "without it the rounds run back to back",
+    )
+    selection = SelectionInput(required=False, default=dict)
 
 
 class RoundOutput(serializers.Serializer):
@@ -239,6 +272,8 @@ class RoundOutput(serializers.Serializer):
     min_updates = serializers.IntegerField()
     target_updates = serializers.IntegerField()
     participants = serializers.IntegerField()
+    selection = serializers.DictField()
+    series = serializers.UUIDField(allow_null=True)
     submitted = serializers.IntegerField()
     base_version = serializers.IntegerField(allow_null=True)
     result_version = serializers.IntegerField(allow_null=True)

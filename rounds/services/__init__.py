@@ -31,6 +31,8 @@ from rounds.services.lifecycle import (
     round_training_hints,
     rounds_tick,
 )
+from rounds.services.scheduling import round_series_cancel, rounds_schedule, series_rounds
+from rounds.services.selection import parse_selection, selection_preview
 from rounds.services.updates import update_submit, updates_expected_specs
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "fl_model_create_from_template",
     "fl_model_get",
     "fl_model_update",
+    "parse_selection",
     "parse_strategy",
     "round_aggregate",
     "round_aggregate_finish",
@@ -53,9 +56,13 @@ __all__ = [
     "round_create",
     "round_get",
     "round_open",
+    "round_series_cancel",
     "round_snapshot",
     "round_training_hints",
+    "rounds_schedule",
     "rounds_tick",
+    "selection_preview",
+    "series_rounds",
     "update_submit",
     "updates_expected_specs",
     "version_create",

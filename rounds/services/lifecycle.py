@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,6 +32,7 @@ from rounds.aggregation.dp import dp_fedavg
 from rounds.models import FederatedModel, ModelVersion, Round, Update
 from rounds.services import privacy
 from rounds.services.fl_models import fl_model_specs, version_create, version_latest
+from rounds.services.selection import parse_selection, select_participants
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +63,14 @@ def round_create(
     target_updates: int | None = None,
     duration_seconds: int = 600,
     opens_at: datetime | None = None,
+    selection: Any = None,
+    series: uuid.UUID | None = None,
     actor: AbstractBaseUser | None = None,
 ) -> Round:
     """Schedule a round. It opens at ``opens_at`` (default now) once no other round of the same
-    model is running, so creating several rounds at once schedules a series."""
+    model is running, so creating several rounds at once schedules a series. ``selection`` is
+    the participant policy applied when it opens (``rounds.services.selection``)."""
+    policy = parse_selection(selection)
     if not isinstance(min_updates, int) or min_updates < 1:
         raise ValidationFailed("min_updates must be a positive integer.", code="invalid_quorum")
     target_updates = min_updates if target_updates is None else target_updates
@@ -105,13 +111,19 @@ def round_create(
             target_updates=target_updates,
             duration_seconds=duration_seconds,
             opens_at=opens_at,
+            selection=policy,
+            series=series,
             created_by=actor if actor is not None and actor.is_authenticated else None,
         )
         audit.record(
             kind="round.scheduled",
             actor=actor,
             fl_round=fl_round,
-            data={"opens_at": opens_at.isoformat()},
+            data={
+                "opens_at": opens_at.isoformat(),
+                "selection": policy,
+                **({"series": str(series)} if series else {}),
+            },
         )
         _announce(fl_round, "round.scheduled")
     if opens_at <= now:
@@ -132,10 +144,11 @@ def round_open(*, fl_round: Round) -> bool:
         now = timezone.now()
         deadline = now + timedelta(seconds=fl_round.duration_seconds)
         fl_model = FederatedModel.objects.get(pk=fl_round.fl_model_id)
-        eligible = Merchant.objects.filter(status=Merchant.Status.ACTIVE).count()
+        chosen = select_participants(policy=fl_round.selection)  # cryptographically random
+        eligible = chosen.eligible
         round_privacy: dict[str, Any] = {}
         if fl_model.privacy:
-            q = 1.0  # every eligible merchant is invited
+            q = 1.0  # no amplification by sampling is claimed, even for a sampled selection
             try:
                 spent = privacy.check_budget(fl_model, q=q)
             except Conflict as exc:  # refused before it opens: nothing is released
@@ -168,16 +181,20 @@ def round_open(*, fl_round: Round) -> bool:
         if claimed != 1:
             return False
         fl_round.refresh_from_db()
-        participants = list(Merchant.objects.filter(status=Merchant.Status.ACTIVE))
-        fl_round.participants.set(participants)
+        participants = Merchant.objects.filter(pk__in=chosen.merchant_ids).order_by("slug")
+        fl_round.participants.set(chosen.merchant_ids)
         audit.record(
             kind="round.opened",
             fl_round=fl_round,
             data={
-                "participants": len(participants),
+                "participants": chosen.invited,
+                "eligible": chosen.eligible,
+                "invited": list(participants.values_list("slug", flat=True)),
+                "selection": chosen.policy,
                 "base_version": base_version.number if base_version else None,
             },
         )
+        shortfall = chosen.shortfall(fl_round.min_updates)
         needed = aggregation.min_updates(fl_round.strategy, fl_round.strategy_params)
         if fl_round.min_updates < needed:
             _fail(
@@ -185,12 +202,8 @@ def round_open(*, fl_round: Round) -> bool:
                 f"{aggregation.LABELS[fl_round.strategy]} now needs at least "
                 f"{needed} updates; this round's quorum is {fl_round.min_updates}.",
             )
-        elif len(participants) < fl_round.min_updates:
-            _fail(
-                fl_round,
-                f"Only {len(participants)} active merchants can take part; the "
-                f"quorum is {fl_round.min_updates}.",
-            )
+        elif shortfall:
+            _fail(fl_round, shortfall)
         else:
             _announce(fl_round, "round.opened")
     return True
@@ -411,6 +424,8 @@ def round_snapshot(fl_round: Round) -> dict[str, Any]:
         "min_updates": fl_round.min_updates,
         "target_updates": fl_round.target_updates,
         "participants": fl_round.participants.count(),
+        "selection": fl_round.selection,
+        "series": str(fl_round.series) if fl_round.series else None,
         "submitted": _accepted(fl_round),
         "base_version": fl_round.base_version.number if fl_round.base_version else None,
         "result_version": version.number if version else None,

@@ -14,7 +14,7 @@ target when some of them drop out (Bonawitz et al., "Towards Federated Learning 
 
 :func:`invite_count` and :func:`select` are pure (no Django, no hidden randomness: the caller
 passes the generator; the portal passes one backed by the operating system's cryptographic
-source). :func:`round_participants` is the database side used by ``round_open``.
+source). :func:`select_participants` is the database side used by ``round_open``.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def parse_cohort(raw: Any) -> dict[str, list[str]]:
         if (
             not isinstance(values, list)
             or len(values) > MAX_COHORT_VALUES
-            or not all(isinstance(v, str) and 0 < len(v.strip()) <= MAX_VALUE_LENGTH for v in values)
+            or not all(_cohort_value(v) for v in values)
         ):
             raise ValidationFailed(
                 f"selection.cohort.{name} must be a list of at most {MAX_COHORT_VALUES} "
@@ -147,6 +147,10 @@ def parse_cohort(raw: Any) -> dict[str, list[str]]:
         if cleaned:
             cohort[name] = cleaned
     return cohort
+
+
+def _cohort_value(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value.strip()) <= MAX_VALUE_LENGTH
 
 
 def describe(policy: Mapping[str, Any]) -> str:
@@ -222,7 +226,7 @@ def eligible_merchants(policy: Mapping[str, Any]) -> Any:
     return merchants.order_by("pk")
 
 
-def round_participants(
+def select_participants(
     *, policy: Mapping[str, Any], rng: random.Random | None = None
 ) -> Selection:
     """Apply a round's policy now. The sample comes from ``rng`` (default: the operating
