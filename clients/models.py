@@ -27,6 +27,9 @@ class Merchant(models.Model):
     public_key = models.TextField(blank=True, help_text="X25519 key for secure aggregation")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
+    last_seen_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="last API call with one of its tokens"
+    )
 
     class Meta:
         ordering = ["name"]
@@ -35,6 +38,15 @@ class Merchant(models.Model):
                 condition=Q(status__in=["pending", "active", "suspended"]),
                 name="merchant_status_valid",
             )
+        ]
+        # The portal's merchant list filters and sorts on these (10,000+ merchants).
+        indexes = [
+            models.Index(fields=["name", "id"], name="merchant_name_idx"),
+            models.Index(fields=["status", "name"], name="merchant_status_idx"),
+            models.Index(fields=["category"], name="merchant_category_idx"),
+            models.Index(fields=["region"], name="merchant_region_idx"),
+            models.Index(fields=["last_seen_at"], name="merchant_last_seen_idx"),
+            models.Index(fields=["created_at"], name="merchant_created_idx"),
         ]
 
     def __str__(self) -> str:

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -151,7 +152,20 @@ def token_authenticate(*, plaintext: str) -> Merchant:
         raise PermissionDenied("This API token has expired.", code="token_expired")
     if token.last_used_at is None or now - token.last_used_at > LAST_USED_GRANULARITY:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    _merchant_seen(token.merchant, now)
     return token.merchant
+
+
+def _merchant_seen(merchant: Merchant, now: datetime) -> None:
+    """Refresh ``last_seen_at`` at most once per ``LAST_USED_GRANULARITY``, without races: the
+    conditional UPDATE lets one of several concurrent requests write, and no write at all
+    happens while the value loaded with the token is recent."""
+    seen = merchant.last_seen_at
+    if seen is not None and now - seen <= LAST_USED_GRANULARITY:
+        return
+    stale = Q(last_seen_at__isnull=True) | Q(last_seen_at__lt=now - LAST_USED_GRANULARITY)
+    if Merchant.objects.filter(stale, pk=merchant.pk).update(last_seen_at=now):
+        merchant.last_seen_at = now
 
 
 def merchant_get(*, slug: str) -> Merchant:
