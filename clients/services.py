@@ -173,3 +173,28 @@ def merchant_get(*, slug: str) -> Merchant:
     if merchant is None:
         raise NotFound(f"No merchant {slug!r}.", code="merchant_not_found")
     return merchant
+
+
+def merchant_register_key(*, merchant: Merchant, public_key: str) -> Merchant:
+    """Register the merchant's long-term X25519 public key (base64 of 32 bytes), used to seal
+    the secure-aggregation shares other merchants send it. Rounds opened later use it."""
+    import base64
+    import binascii
+
+    from clients.sdk.secagg import SecAggError, check_public_key
+
+    try:
+        raw = base64.b64decode(public_key or "", validate=True)
+        check_public_key(raw)
+    except (binascii.Error, ValueError, SecAggError):
+        raise ValidationFailed(
+            "public_key must be the base64 of a 32-byte X25519 public key.",
+            code="invalid_public_key",
+        ) from None
+    encoded = base64.b64encode(raw).decode()
+    if merchant.public_key == encoded:
+        return merchant
+    Merchant.objects.filter(pk=merchant.pk).update(public_key=encoded, updated_at=timezone.now())
+    merchant.refresh_from_db()
+    audit.record(kind="merchant.key_registered", merchant=merchant, data={"public_key": encoded})
+    return merchant

@@ -17,6 +17,7 @@ class MerchantOutput(serializers.ModelSerializer):
             "region",
             "size_band",
             "contact_email",
+            "public_key",
             "created_at",
         ]
 
@@ -62,3 +63,7 @@ class TokenIssuedOutput(TokenOutput):
 
     class Meta(TokenOutput.Meta):
         fields = [*TokenOutput.Meta.fields, "token"]
+
+
+class PublicKeyInput(serializers.Serializer):
+    public_key = serializers.CharField(max_length=64, help_text="base64 of 32 raw bytes")

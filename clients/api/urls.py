@@ -4,6 +4,7 @@ from clients.api import views
 
 urlpatterns = [
     path("me", views.MeApi.as_view(), name="me"),
+    path("me/public-key", views.MyPublicKeyApi.as_view(), name="me-public-key"),
     path("operator/merchants", views.MerchantListApi.as_view(), name="op-merchants"),
     path("operator/merchants/<slug:slug>", views.MerchantDetailApi.as_view(), name="op-merchant"),
     path(

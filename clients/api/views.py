@@ -10,6 +10,7 @@ from clients.api.serializers import (
     MerchantCreateInput,
     MerchantOutput,
     MerchantStatusInput,
+    PublicKeyInput,
     TokenIssuedOutput,
     TokenIssueInput,
     TokenOutput,
@@ -25,6 +26,26 @@ class MeApi(MerchantApiView):
     @extend_schema(tags=["merchant"], responses=MerchantOutput, summary="The calling merchant")
     def get(self, request: Request) -> Response:
         return Response(MerchantOutput(self.merchant).data)
+
+
+class MyPublicKeyApi(MerchantApiView):
+    permission_classes = [IsMerchant]
+
+    @extend_schema(
+        tags=["merchant"],
+        request=PublicKeyInput,
+        responses=MerchantOutput,
+        summary="Register my X25519 public key for secure aggregation",
+        description="Base64 of the raw 32-byte key. Rounds that open afterwards use it to seal "
+        "the Shamir shares other merchants send me. Idempotent.",
+    )
+    def put(self, request: Request) -> Response:
+        data = PublicKeyInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        merchant = services.merchant_register_key(
+            merchant=self.merchant, public_key=data.validated_data["public_key"]
+        )
+        return Response(MerchantOutput(merchant).data)
 
 
 class MerchantListApi(OperatorApiView):

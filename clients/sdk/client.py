@@ -6,6 +6,7 @@ idempotent on the server (the same update is accepted once), so retrying them is
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import random
@@ -47,6 +48,7 @@ class RoundInfo:
     training_hints: dict[str, Any]
     tensors: list[codec.TensorSpec]
     my_update: dict[str, Any] | None
+    secure_aggregation: bool = False
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RoundInfo:
@@ -63,6 +65,7 @@ class RoundInfo:
             training_hints=dict(data.get("training_hints") or {}),
             tensors=[codec.TensorSpec.from_dict(t) for t in data.get("tensors", [])],
             my_update=data.get("my_update"),
+            secure_aggregation=bool(data.get("secure_aggregation", False)),
         )
 
 
@@ -175,6 +178,42 @@ class FlportalClient:
     def update_status(self, round_id: int) -> dict[str, Any]:
         return self._json("GET", f"/api/v1/rounds/{round_id}/update")
 
+    # --- secure aggregation ----------------------------------------------------------------
+    def register_public_key(self, public_key: bytes) -> dict[str, Any]:
+        body = {"public_key": base64.b64encode(public_key).decode()}
+        return self._json("PUT", "/api/v1/me/public-key", json=body)
+
+    def secagg_state(self, round_id: int) -> dict[str, Any]:
+        return self._json("GET", f"/api/v1/rounds/{round_id}/secagg")
+
+    def secagg_advertise(self, round_id: int, s_public_key: bytes) -> dict[str, Any]:
+        body = {"s_public_key": base64.b64encode(s_public_key).decode()}
+        return self._json("POST", f"/api/v1/rounds/{round_id}/secagg/keys", json=body)
+
+    def secagg_share(self, round_id: int, sealed: Mapping[int, bytes]) -> dict[str, Any]:
+        return self._json(
+            "POST", f"/api/v1/rounds/{round_id}/secagg/shares", json={"shares": _b64map(sealed)}
+        )
+
+    def secagg_masked(
+        self, round_id: int, masked: np.ndarray, *, metrics: Mapping[str, float] | None = None
+    ) -> dict[str, Any]:
+        params = (
+            {"metrics": json.dumps({k: float(v) for k, v in metrics.items()})} if metrics else {}
+        )
+        return self._json(
+            "PUT",
+            f"/api/v1/rounds/{round_id}/secagg/masked",
+            params=params,
+            content=codec.encode({"masked": masked}),
+            headers={"Content-Type": "application/octet-stream"},
+        )
+
+    def secagg_reveal(self, round_id: int, shares: Mapping[int, bytes]) -> dict[str, Any]:
+        return self._json(
+            "POST", f"/api/v1/rounds/{round_id}/secagg/reveal", json={"shares": _b64map(shares)}
+        )
+
     # --- plumbing ------------------------------------------------------------------------
     def _json(self, method: str, url: str, **kwargs: Any) -> Any:
         return self._request(method, url, **kwargs).json()
@@ -201,6 +240,10 @@ class FlportalClient:
             delay = min(self.max_backoff, self.backoff * 2**attempt)
             time.sleep(delay * (0.5 + random.random() / 2))
             attempt += 1
+
+
+def _b64map(values: Mapping[int, bytes]) -> dict[str, str]:
+    return {str(k): base64.b64encode(v).decode() for k, v in values.items()}
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -312,3 +312,122 @@ def neighbour_graph(
 def default_threshold(neighbours: int) -> int:
     """More than half of a merchant's share holders (its neighbours and itself)."""
     return (neighbours + 1) // 2 + 1
+
+
+# -- one merchant's side of one round -------------------------------------------------------
+
+
+class MemberSession:
+    """What a merchant computes in each phase of one round. Holds this round's mask key and
+    self-mask seed in memory only; the long-term identity key comes from the key file."""
+
+    def __init__(self, identity: bytes, *, context: str, index: int) -> None:
+        self.identity = identity
+        self.identity_public = public_key_of(identity)
+        self.context = context.encode()
+        self.index = index
+        self.s_private, self.s_public = generate_keypair()
+        self.self_seed = secrets.token_bytes(SEED_BYTES)
+        self.received: dict[int, tuple[bytes, bytes]] = {}
+
+    def share_bundles(self, neighbours: Sequence[Mapping[str, str]], threshold: int) -> dict:
+        """One sealed bundle (shares of b and s) for each holder: the neighbours and me."""
+        holders = {int(n["index"]): _b64decode(n["c_public_key"]) for n in neighbours}
+        holders[self.index] = self.identity_public
+        xs = sorted(holders)
+        b_shares = shamir_split(self.self_seed, xs=xs, threshold=threshold)
+        s_shares = shamir_split(self.s_private, xs=xs, threshold=threshold)
+        sealed = {}
+        for holder in xs:
+            info = share_info(self.context, self.index, holder)
+            key = agree(self.identity, holders[holder], info=info)
+            bundle = pack_share(holder, b_shares[holder], s_shares[holder])
+            sealed[holder] = seal(key, bundle, associated=info)
+        return sealed
+
+    def open_shares(
+        self, neighbours: Sequence[Mapping[str, str]], shares: Sequence[Mapping[str, str]]
+    ) -> None:
+        """Open and keep the bundles sent to me; any tampered or replayed one raises."""
+        publics = {int(n["index"]): _b64decode(n["c_public_key"]) for n in neighbours}
+        publics[self.index] = self.identity_public
+        for item in shares:
+            sender = int(item["sender"])
+            if sender not in publics:
+                raise SecAggError(f"A share from a non-neighbour #{sender}.", code="share_tampered")
+            info = share_info(self.context, sender, self.index)
+            key = agree(self.identity, publics[sender], info=info)
+            holder, b_share, s_share = unpack_share(
+                unseal(key, _b64decode(item["sealed"]), associated=info)
+            )
+            if holder != self.index:
+                raise SecAggError("A share addressed to another holder.", code="share_tampered")
+            self.received[sender] = (b_share, s_share)
+
+    def masked_input(
+        self,
+        neighbours: Sequence[Mapping[str, str]],
+        delta: np.ndarray,
+        *,
+        weight: int,
+        quantizer: Quantizer,
+    ) -> np.ndarray:
+        """My quantized, weighted change under my self mask and one pairwise mask per
+        neighbour that shared its keys."""
+        pairwise = {
+            int(n["index"]): agree(
+                self.s_private,
+                _b64decode(n["s_public_key"]),
+                info=mask_info(self.context, self.index, int(n["index"])),
+            )
+            for n in neighbours
+        }
+        return mask(
+            quantizer.encode(delta, weight=weight),
+            index=self.index,
+            self_seed=self.self_seed,
+            pairwise=pairwise,
+        )
+
+    def reveal(self, neighbours: Sequence[Mapping[str, object]], threshold: int) -> dict:
+        """Per neighbour that shared with me: its b share if it survived, else its s share.
+        Refuses when fewer than ``threshold`` members survived (the sum would be too small to
+        hide anyone)."""
+        survived = {int(n["index"]): bool(n["survived"]) for n in neighbours}
+        survived[self.index] = True
+        if sum(survived.values()) < threshold:
+            raise SecAggError(
+                "Fewer than threshold members survived; refusing to unmask.",
+                code="too_few_survivors",
+            )
+        revealed = {}
+        for sender, (b_share, s_share) in self.received.items():
+            if sender not in survived:
+                continue
+            revealed[sender] = b_share if survived[sender] else s_share
+        return revealed
+
+
+def _b64decode(value: object) -> bytes:
+    import base64
+
+    return base64.b64decode(str(value), validate=True)
+
+
+def flatten_delta(
+    weights: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray], names: Sequence[str]
+) -> np.ndarray:
+    """The change to the global model as one float64 vector, tensors in ``names`` order."""
+    parts = [
+        (np.asarray(weights[n], np.float64) - np.asarray(base[n], np.float64)).ravel()
+        for n in names
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def l2_clip(delta: np.ndarray, max_norm: float) -> tuple[np.ndarray, float]:
+    """The change scaled down to L2 norm ``max_norm`` (DP-FedAvg's client-side clipping)."""
+    norm = float(np.linalg.norm(delta))
+    if norm > max_norm > 0:
+        return delta * (max_norm / norm), norm
+    return delta, norm

@@ -1,11 +1,28 @@
 from django.urls import path
 
-from rounds.api import merchant, operator
+from rounds.api import merchant, operator, secagg
 
 urlpatterns = [
     path("rounds", merchant.RoundListApi.as_view(), name="rounds"),
     path("rounds/<int:round_id>", merchant.RoundDetailApi.as_view(), name="round"),
     path("rounds/<int:round_id>/update", merchant.UpdateApi.as_view(), name="round-update"),
+    path("rounds/<int:round_id>/secagg", secagg.SecAggStateApi.as_view(), name="secagg"),
+    path("rounds/<int:round_id>/secagg/keys", secagg.SecAggKeysApi.as_view(), name="secagg-keys"),
+    path(
+        "rounds/<int:round_id>/secagg/shares",
+        secagg.SecAggSharesApi.as_view(),
+        name="secagg-shares",
+    ),
+    path(
+        "rounds/<int:round_id>/secagg/masked",
+        secagg.SecAggMaskedApi.as_view(),
+        name="secagg-masked",
+    ),
+    path(
+        "rounds/<int:round_id>/secagg/reveal",
+        secagg.SecAggRevealApi.as_view(),
+        name="secagg-reveal",
+    ),
     path(
         "models/<slug:slug>/versions/<int:number>/weights",
         merchant.VersionWeightsApi.as_view(),
