@@ -27,6 +27,7 @@ EVENTS_PER_PAGE = 50
 KNOWN_KINDS = [
     "merchant.created",
     "merchant.status",
+    "merchant.key_registered",
     "token.issued",
     "token.revoked",
     "model.created",
@@ -38,6 +39,9 @@ KNOWN_KINDS = [
     "round.completed",
     "round.failed",
     "round.cancelled",
+    "series.cancelled",
+    "secagg.phase",
+    "secagg.excluded",
     "update.accepted",
     "evaluation.received",
 ]
