@@ -4,18 +4,20 @@ step go to ``$FLPORTAL_ARTIFACTS/screenshots``."""
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pytest
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Page, expect
 
 from clients.sdk import FlportalClient
 from clients.sdk.cli import run_merchant
 from clients.sdk.models import make_trainer
 from rounds import services
+from rounds.models import Round
 from tests.factories import MerchantFactory, OperatorFactory, ViewerFactory, token_for
 
 pytestmark = [
@@ -69,11 +71,6 @@ def take_part(base_url: str, token: str, seed: int) -> None:
     assert sent == 1
 
 
-def wait_for_more(items: Locator, *, than: int) -> None:
-    """Until the list shows more than ``than`` items (pushed, not reloaded)."""
-    items.nth(than).wait_for(state="attached")
-
-
 def mark_document(page: Page) -> None:
     """Tag the loaded document; a reload or navigation would lose the tag."""
     page.evaluate("window.__flportalNoReload = true")
@@ -83,51 +80,130 @@ def assert_not_reloaded(page: Page) -> None:
     assert page.evaluate("window.__flportalNoReload === true"), "the page was reloaded"
 
 
-def test_operator_logs_in_and_watches_merchants_complete_a_round_live(new_page, live_stack, shot):
-    operator = user_with_password(OperatorFactory)
-    merchants = [MerchantFactory(name=f"Shop {i}", slug=f"shop-{i}") for i in range(3)]
-    tokens = [token_for(m) for m in merchants]
-    fl_model = services.fl_model_create_from_template(
-        name="Re-order propensity",
-        slug="propensity",
-        template="purchase_propensity",
-        dims={"n_features": N_FEATURES},
+def csrf_headers(page: Page, base_url: str) -> dict[str, str]:
+    token = next(c["value"] for c in page.context.cookies() if c["name"] == "csrftoken")
+    return {"X-CSRFToken": token, "Referer": base_url + "/"}
+
+
+def register_merchant_and_issue_token(page: Page, shot: Any) -> str:
+    """Merchants page: register a shop, approve it, issue a token and read it once."""
+    page.goto("/merchants/")
+    page.get_by_role("link", name="Register a merchant").click()
+    page.get_by_label("Name").fill("Corner Shop")
+    page.get_by_label("Slug").fill("corner-shop")
+    page.get_by_label("Category").fill("grocery")
+    page.get_by_label("Region").fill("eu-west")
+    shot(page, "register-merchant")
+    page.get_by_role("button", name="Register").click()
+    expect(page).to_have_url(re.compile(r"/merchants/corner-shop/$"))
+    expect(page.locator("#merchant-status")).to_contain_text("Pending")
+    page.get_by_role("button", name="Approve").click()
+    expect(page.locator("#merchant-status")).to_contain_text("Active")
+    shot(page, "merchant-approved")
+
+    page.get_by_label("Label").fill("corner shop server")
+    page.get_by_role("button", name="Issue token").click()
+    plaintext = page.locator("#token-plaintext").inner_text().strip()
+    assert plaintext.startswith("flp_"), plaintext
+    shot(page, "token-issued")
+    page.get_by_role("link", name="Done, back to Corner Shop").click()
+    expect(page.locator("#tokens tbody tr")).to_have_count(1)
+    assert plaintext not in page.content(), "the token was shown a second time"
+    return plaintext
+
+
+def create_model(page: Page, base_url: str) -> str:
+    """A re-order propensity model from its template, through the operator API."""
+    response = page.request.post(
+        "/api/v1/operator/models",
+        data={
+            "name": "Re-order propensity",
+            "slug": "propensity",
+            "template": "purchase_propensity",
+            "dims": {"n_features": N_FEATURES},
+        },
+        headers=csrf_headers(page, base_url),
     )
-    fl_round = services.round_create(fl_model=fl_model, min_updates=3, duration_seconds=120)
-    page = new_page()
+    assert response.status == 201, response.text()
+    return "propensity"
 
-    log_in(page, operator.username)
-    shot(page, "logged-in")
 
-    page.goto(f"/rounds/{fl_round.pk}/")
-    expect(page.locator("[data-connection]")).to_have_text("(live)")
+def schedule_round(page: Page, base_url: str, model: str, merchants: int) -> int:
+    """Open a round now that closes when every merchant has sent its update."""
+    response = page.request.post(
+        "/api/v1/operator/rounds",
+        data={"model": model, "min_updates": merchants, "duration_seconds": 120},
+        headers=csrf_headers(page, base_url),
+    )
+    assert response.status == 201, response.text()
+    (fl_round,) = response.json()
+    assert fl_round["status"] == "open" and fl_round["participants"] == merchants, fl_round
+    return int(fl_round["id"])
+
+
+def watch_merchants_submit(
+    page: Page, base_url: str, round_id: int, merchants: list[tuple[str, str]], shot: Any
+) -> None:
+    """The round page advances without a reload as each merchant's client submits."""
+    page.goto(f"/rounds/{round_id}/")
+    connection = page.locator("#live-connection")
+    expect(connection).to_have_attribute("data-state", "live")
     mark_document(page)
-    progress = page.locator("[data-field=progress]")
-    events = page.locator("[data-field=events] li")
-    updates = page.locator("[data-field=updates] tr")
+    progress = page.locator("#round-progress")
+    log = page.locator("#event-log li")
     expect(progress).to_have_js_property("value", 0)
+    expect(log.filter(has_text="Opened: 3 merchants invited")).to_have_count(1)
     shot(page, "round-open")
 
-    for index, (merchant, token) in enumerate(zip(merchants, tokens, strict=True)):
-        logged = events.count()
-        client = threading.Thread(target=take_part, args=(live_stack, token, index))
+    for index, (slug, token) in enumerate(merchants):
+        client = threading.Thread(target=take_part, args=(base_url, token, index))
         client.start()
         client.join(timeout=60)
         expect(progress).to_have_js_property("value", index + 1)
-        expect(page.locator("[data-field=submitted]")).to_have_text(str(index + 1))
-        expect(updates.filter(has_text=merchant.slug)).to_have_count(1)
-        wait_for_more(events, than=logged)
+        expect(page.locator("#round-submitted")).to_have_text(str(index + 1))
+        row = page.locator(f'#participants tr[data-merchant="{slug}"]')
+        expect(row).to_have_attribute("data-status", "submitted")
+        expect(log.filter(has_text=f"{slug} submitted an update")).to_have_count(1)
         shot(page, f"submitted-{index + 1}")
 
-    expect(page.locator("[data-field=status]")).to_have_text("completed")
-    expect(page.locator("[data-field=result_version]")).to_have_text("v2")
-    expect(events.filter(has_text="round.completed")).to_have_count(1)
+    expect(page.locator("#round-status")).to_have_text("completed")
+    expect(page.locator("#version-result")).to_be_visible()
+    expect(page.locator("#result-version")).to_have_text("version v2")
+    expect(log.filter(has_text="Completed: version v2 from 3 updates")).to_have_count(1)
+    expect(connection).to_have_attribute("data-state", "live")
     assert_not_reloaded(page)
     shot(page, "round-completed")
 
 
-def test_a_viewer_reads_the_pages_but_cannot_act(new_page, live_stack, shot):
+def test_an_operator_runs_a_round_from_the_browser_and_watches_it_live(new_page, live_stack, shot):
+    operator = user_with_password(OperatorFactory)
+    others = [MerchantFactory(name=f"Shop {i}", slug=f"shop-{i}") for i in range(2)]
+    merchants = [(m.slug, token_for(m)) for m in others]
+    page = new_page()
+
+    log_in(page, operator.username)
+    shot(page, "logged-in")
+    merchants.append(("corner-shop", register_merchant_and_issue_token(page, shot)))
+    model = create_model(page, live_stack)
+    round_id = schedule_round(page, live_stack, model, len(merchants))
+    watch_merchants_submit(page, live_stack, round_id, merchants, shot)
+
+    fl_round = Round.objects.select_related("result_version").get(pk=round_id)
+    assert fl_round.result_version.number == 2
+    assert fl_round.result_version.metrics["num_examples"] == 3 * 150
+
+
+def portal_pages(page: Page) -> list[str]:
+    """The portal's own pages in the header's navigation (not the admin or the API docs)."""
+    hrefs = page.locator("header nav a").evaluate_all("links => links.map(a => a.pathname)")
+    return [h for h in dict.fromkeys(hrefs) if not h.startswith(("/admin", "/api"))]
+
+
+def test_a_viewer_reads_every_page_but_has_no_actions_and_a_forced_post_is_refused(
+    new_page, live_stack, shot
+):
     viewer = user_with_password(ViewerFactory)
+    merchant = MerchantFactory(status="pending")
     MerchantFactory()
     fl_model = services.fl_model_create_from_template(
         name="Viewer model",
@@ -139,18 +215,24 @@ def test_a_viewer_reads_the_pages_but_cannot_act(new_page, live_stack, shot):
     page = new_page()
 
     log_in(page, viewer.username)
-    for path in ("/rounds/", f"/rounds/{fl_round.pk}/"):
+    pages = portal_pages(page)
+    assert {"/merchants/", "/rounds/"} <= set(pages), pages
+    for path in [*pages, f"/merchants/{merchant.slug}/", f"/rounds/{fl_round.pk}/"]:
         response = page.goto(path)
         assert response is not None and response.status == 200, path
-        actions = page.locator("main").locator("form[method=post], button")
-        expect(actions).to_have_count(0)
-    shot(page, "viewer-round")
+        expect(page.locator("main form[method=post i]")).to_have_count(0)
+        name = path.strip("/").replace("/", "-") or "dashboard"
+        shot(page, f"viewer-{name}")
 
-    csrf = next(c["value"] for c in page.context.cookies() if c["name"] == "csrftoken")
-    forced = page.request.post(
-        f"/api/v1/operator/rounds/{fl_round.pk}/cancel",
-        headers={"X-CSRFToken": csrf, "Referer": live_stack + "/"},
+    headers = csrf_headers(page, live_stack)
+    approve = page.request.post(
+        f"/merchants/{merchant.slug}/status/",
+        form={"status": "active", "csrfmiddlewaretoken": headers["X-CSRFToken"]},
+        headers={"Referer": headers["Referer"]},
     )
-    assert forced.status == 403
+    assert approve.status == 403
+    cancel = page.request.post(f"/api/v1/operator/rounds/{fl_round.pk}/cancel", headers=headers)
+    assert cancel.status == 403
+    merchant.refresh_from_db()
     fl_round.refresh_from_db()
-    assert fl_round.status == "open"
+    assert (merchant.status, fl_round.status) == ("pending", "open")
