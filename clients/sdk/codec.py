@@ -22,7 +22,12 @@ import safetensors
 import safetensors.numpy
 
 # dtype names as the API spells them <-> safetensors header codes
-DTYPE_CODES: dict[str, str] = {"float16": "F16", "float32": "F32", "float64": "F64"}
+DTYPE_CODES: dict[str, str] = {
+    "float16": "F16",
+    "float32": "F32",
+    "float64": "F64",
+    "uint32": "U32",  # masked inputs of secure aggregation (fixed point mod 2^32)
+}
 CODE_DTYPES: dict[str, str] = {code: name for name, code in DTYPE_CODES.items()}
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 MAX_TENSORS = 10_000

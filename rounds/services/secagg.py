@@ -77,14 +77,15 @@ def parse_secagg(
         not _is_int(neighbours) or neighbours < 2 or neighbours % 2 or neighbours > 1000
     ):
         raise ValidationFailed(
-            "neighbours must be an even integer in [2, 1000], or null for all.", "invalid_secagg"
+            "neighbours must be an even integer in [2, 1000], or null for all.",
+            code="invalid_secagg",
         )
     if threshold is not None and (not _is_int(threshold) or not 2 <= threshold <= 1001):
         raise ValidationFailed("threshold must be an integer in [2, 1001].", code="invalid_secagg")
     if neighbours is not None and threshold is not None and threshold > neighbours + 1:
         raise ValidationFailed(
             "threshold cannot exceed neighbours + 1 (the holders of each member's shares).",
-            "invalid_secagg",
+            code="invalid_secagg",
         )
     clip_range = settings["clip_range"]
     if (
