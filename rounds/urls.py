@@ -1,9 +1,25 @@
 from django.urls import path
 
-from rounds.views import live
+from rounds.views import live, models
 
 app_name = "rounds"
 urlpatterns = [
     path("rounds/", live.round_list, name="round-list"),
     path("rounds/<int:round_id>/", live.round_detail, name="round-detail"),
+    path("models/", models.model_list, name="model-list"),
+    path("models/new/", models.model_create, name="model-create"),
+    path(
+        "models/new/template/",
+        models.model_create_from_template,
+        name="model-create-template",
+    ),
+    path("models/new/upload/", models.model_create_from_upload, name="model-create-upload"),
+    path("models/<slug:slug>/", models.model_detail, name="model-detail"),
+    path("models/<slug:slug>/settings/", models.model_settings, name="model-settings"),
+    path("models/<slug:slug>/versions/", models.version_upload, name="version-upload"),
+    path(
+        "models/<slug:slug>/versions/<int:number>/weights",
+        models.version_download,
+        name="version-download",
+    ),
 ]

@@ -31,6 +31,7 @@ from rounds.services.lifecycle import (
     round_training_hints,
     rounds_tick,
 )
+from rounds.services.model_weights import fl_model_create_from_weights
 from rounds.services.scheduling import round_series_cancel, rounds_schedule, series_rounds
 from rounds.services.selection import parse_selection, selection_preview
 from rounds.services.updates import update_submit, updates_expected_specs
@@ -42,6 +43,7 @@ __all__ = [
     "evaluations_pending",
     "fl_model_create",
     "fl_model_create_from_template",
+    "fl_model_create_from_weights",
     "fl_model_get",
     "fl_model_update",
     "parse_selection",
