@@ -4,9 +4,12 @@ step go to ``$FLPORTAL_ARTIFACTS/screenshots``."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -112,40 +115,102 @@ def register_merchant_and_issue_token(page: Page, shot: Any) -> str:
     return plaintext
 
 
-def create_model(page: Page, base_url: str) -> str:
-    """A re-order propensity model from its template, through the operator API."""
-    response = page.request.post(
-        "/api/v1/operator/models",
-        data={
-            "name": "Re-order propensity",
-            "slug": "propensity",
-            "template": "purchase_propensity",
-            "dims": {"n_features": N_FEATURES},
-        },
-        headers=csrf_headers(page, base_url),
+def create_model(page: Page, shot: Any) -> str:
+    """Models page: a re-order propensity model from its template; version 1 is made for us."""
+    page.goto("/models/")
+    page.get_by_role("link", name="New model").click()
+    form = page.locator("#model-from-template")
+    form.get_by_label("Name").fill("Re-order propensity")
+    form.get_by_label("Slug").fill("propensity")
+    form.locator("#template-purchase_propensity").check()
+    form.locator('[data-dims-for="purchase_propensity"]').get_by_label("n_features").fill(
+        str(N_FEATURES)
     )
-    assert response.status == 201, response.text()
+    shot(page, "create-model")
+    form.get_by_role("button", name="Create from template").click()
+    expect(page).to_have_url(re.compile(r"/models/propensity/$"))
+    expect(page.locator("#version-lineage #version-1")).to_be_visible()
+    shot(page, "model-created")
     return "propensity"
 
 
-def schedule_round(page: Page, base_url: str, model: str, merchants: int) -> int:
-    """Open a round now that closes when every merchant has sent its update."""
-    response = page.request.post(
-        "/api/v1/operator/rounds",
-        data={"model": model, "min_updates": merchants, "duration_seconds": 120},
-        headers=csrf_headers(page, base_url),
-    )
-    assert response.status == 201, response.text()
-    (fl_round,) = response.json()
-    assert fl_round["status"] == "open" and fl_round["participants"] == merchants, fl_round
-    return int(fl_round["id"])
+def schedule_round(page: Page, merchants: int, shot: Any) -> int:
+    """Scheduling page, from the model: open a round now for all active merchants that
+    closes as soon as every one of them has sent its update."""
+    page.get_by_role("link", name="Schedule a round").click()
+    expect(page.get_by_label("Model")).to_have_value("propensity")
+    page.get_by_label("Open now").check()
+    page.get_by_label("Quorum (minimum updates)").fill(str(merchants))
+    page.get_by_label("Target updates").fill(str(merchants))
+    page.locator("#id_duration").fill("2")
+    page.get_by_label("All active merchants").check()
+    shot(page, "schedule-round")
+    page.get_by_role("button", name="Schedule").click()
+    expect(page).to_have_url(re.compile(r"/rounds/\d+/$"))
+    expect(page.locator("#round-participants")).to_have_text(str(merchants))
+    return int(page.url.rstrip("/").rsplit("/", 1)[1])
+
+
+def open_dashboard(page: Page) -> None:
+    """The dashboard, before the round completes: the model's charts have no point yet."""
+    page.goto("/")
+    expect(page.locator("#live-connection")).to_have_attribute("data-state", "live")
+    mark_document(page)
+    expect(page.locator("#charts-propensity")).to_be_visible()
+    expect(page.locator("#chart-propensity-quality")).not_to_have_attribute("data-points", "1")
+
+
+def check_dashboard_after_the_round(page: Page, shot: Any) -> None:
+    """Without a reload: the new version is listed and each chart gained its point."""
+    expect(
+        page.locator('#latest-versions tr[data-model="propensity"][data-version="2"]')
+    ).to_be_visible()
+    expect(page.locator("#stat-latest-version")).to_have_text("v2")
+    for chart in ("quality", "participation", "norms"):
+        expect(page.locator(f"#chart-propensity-{chart}")).to_have_attribute("data-points", "1")
+    expect(page.locator("#chart-propensity-quality canvas")).to_be_visible()
+    assert_not_reloaded(page)
+    shot(page, "dashboard-new-point")
+
+
+def check_version_history_and_download(page: Page, round_id: int, shot: Any) -> None:
+    """Model page: v2 came from the round; it downloads as a safetensors file."""
+    page.goto("/models/propensity/")
+    row = page.locator("#version-lineage #version-2")
+    expect(row).to_contain_text("#1")
+    shot(page, "version-lineage")
+    with page.expect_download() as download:
+        page.locator("#download-v2").click()
+    body = Path(download.value.path()).read_bytes()
+    header = int.from_bytes(body[:8], "little")
+    assert set(json.loads(body[8 : 8 + header])) >= {"weight", "bias"}
+
+
+def schedule_and_cancel_a_series(page: Page, shot: Any) -> None:
+    """Scheduling page: a series of two rounds an hour apart, then cancelled as a group."""
+    page.goto("/rounds/new/?model=propensity")
+    page.get_by_label("A recurring series").check()
+    later = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%d %H:%M")
+    page.get_by_label("Opens at (UTC)").fill(later)
+    page.get_by_label("Rounds in the series").fill("2")
+    page.locator("#id_every").fill("1")
+    page.locator("#id_every_unit").select_option("hours")
+    page.get_by_label("Quorum (minimum updates)").fill("2")
+    page.get_by_role("button", name="Schedule").click()
+    expect(page).to_have_url(re.compile(r"/rounds/series/[0-9a-f-]+/$"))
+    statuses = page.locator("#series-rounds tbody tr .status")
+    expect(statuses).to_have_text(["Scheduled", "Scheduled"])
+    shot(page, "series-scheduled")
+    page.get_by_role("button", name=re.compile("Cancel the 2 scheduled")).click()
+    expect(statuses).to_have_text(["Cancelled", "Cancelled"])
+    shot(page, "series-cancelled")
 
 
 def watch_merchants_submit(
     page: Page, base_url: str, round_id: int, merchants: list[tuple[str, str]], shot: Any
 ) -> None:
     """The round page advances without a reload as each merchant's client submits."""
-    page.goto(f"/rounds/{round_id}/")
+    expect(page).to_have_url(re.compile(rf"/rounds/{round_id}/$"))
     connection = page.locator("#live-connection")
     expect(connection).to_have_attribute("data-state", "live")
     mark_document(page)
@@ -184,9 +249,16 @@ def test_an_operator_runs_a_round_from_the_browser_and_watches_it_live(new_page,
     log_in(page, operator.username)
     shot(page, "logged-in")
     merchants.append(("corner-shop", register_merchant_and_issue_token(page, shot)))
-    model = create_model(page, live_stack)
-    round_id = schedule_round(page, live_stack, model, len(merchants))
+    create_model(page, shot)
+    round_id = schedule_round(page, len(merchants), shot)
+    dashboard = page.context.new_page()
+    open_dashboard(dashboard)
+    shot(dashboard, "dashboard-before")
+
     watch_merchants_submit(page, live_stack, round_id, merchants, shot)
+    check_dashboard_after_the_round(dashboard, shot)
+    check_version_history_and_download(page, round_id, shot)
+    schedule_and_cancel_a_series(page, shot)
 
     fl_round = Round.objects.select_related("result_version").get(pk=round_id)
     assert fl_round.result_version.number == 2
