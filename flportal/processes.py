@@ -139,6 +139,8 @@ class ProcessGroup:
         ]
         for key, value in options.items():
             argv += ["--option", f"{key}={value}"]
+        # each simulated shop keeps its secure-aggregation identity beside the logs (mode 0600)
+        argv += ["--key-file", str(self.log_dir.parent / "merchant-keys" / f"{name}.key")]
         return self.start(name, argv)
 
     def check_alive(self) -> None:

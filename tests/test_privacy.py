@@ -130,3 +130,15 @@ def test_a_scheduled_round_over_budget_fails_with_a_reason_instead_of_opening(ag
     second.refresh_from_db()
     assert second.status == "failed"
     assert "budget" in second.failure_reason and second.opened_at is None
+
+
+@pytest.mark.django_db
+def test_a_round_inviting_a_random_fraction_is_accounted_at_that_sampling_rate():
+    MerchantFactory.create_batch(8)
+    fl_model = make_fl_model(slug="sampled", privacy=DP)
+    fl_round = services.round_create(fl_model=fl_model, min_updates=2, selection={"fraction": 0.25})
+    assert fl_round.participants.count() == 2
+    assert fl_round.privacy["q"] == 0.25 and fl_round.privacy["eligible"] == 8
+    expected = epsilon([(0.25, DP["noise_multiplier"])], delta=DP["delta"])
+    assert fl_round.privacy["epsilon_after"] == pytest.approx(expected)
+    assert expected < epsilon([(1.0, DP["noise_multiplier"])], delta=DP["delta"])

@@ -44,6 +44,11 @@ class Command(BaseCommand):
         )
         parser.add_argument("--headless", action="store_true", help="exit when the rounds finish")
         parser.add_argument("--json", action="store_true", help="one JSON object per round")
+        parser.add_argument(
+            "--secure",
+            action="store_true",
+            help="secure aggregation: the server only ever sees the sum of the shops' changes",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         shops, rounds = options["merchants"], options["rounds"]
@@ -57,7 +62,7 @@ class Command(BaseCommand):
         call_command("migrate", verbosity=0)
         password = self._operator()
         tokens = self._merchants(shops)
-        fl_model = self._model(options["seed"])
+        fl_model = self._model(options["seed"], secure=options["secure"])
         port = free_port(options["port"])
         base = f"http://127.0.0.1:{port}"
         env = dict(os.environ)
@@ -82,6 +87,8 @@ class Command(BaseCommand):
                     trainer=TRAINER,
                     options={"shop": index, "shops": shops, "seed": options["seed"]},
                 )
+            if options["secure"]:
+                self._wait_for_keys([slug for slug, _ in tokens], group)
             self._run_rounds(
                 fl_model,
                 rounds=rounds,
@@ -135,7 +142,17 @@ class Command(BaseCommand):
             tokens.append((slug, plaintext))
         return tokens
 
-    def _model(self, seed: int) -> FederatedModel:
+    def _wait_for_keys(self, slugs: list[str], group: ProcessGroup) -> None:
+        """Secure rounds enrol only merchants with a registered key: wait for every shop's."""
+        deadline = time.monotonic() + 60
+        keyed = Merchant.objects.filter(slug__in=slugs).exclude(public_key="")
+        while keyed.count() < len(slugs):
+            group.check_alive()
+            if time.monotonic() > deadline:
+                raise CommandError("the shops did not register their keys; see var/demo-logs/")
+            time.sleep(0.1)
+
+    def _model(self, seed: int, *, secure: bool = False) -> FederatedModel:
         run = FederatedModel.objects.filter(slug__startswith="propensity-demo").count() + 1
         fl_model = services.fl_model_create(
             name=f"Purchase propensity (demo {run})",
@@ -144,6 +161,7 @@ class Command(BaseCommand):
             tensors=propensity.TENSOR_SPECS,
             init="none",
             training_hints={"epochs": 2, "learning_rate": 0.1, "batch_size": 64},
+            secure_aggregation={"clip_range": 1.0, "phase_seconds": 30} if secure else None,
         )
         with artifacts.written(propensity.init_weights(seed=seed)) as blob:
             services.version_create(fl_model=fl_model, blob=blob)
@@ -194,7 +212,7 @@ class Command(BaseCommand):
         version = fl_round.result_version
         with artifacts.local_path(version.weights.name) as path:
             metrics = propensity.evaluate(codec.open_arrays(path), holdout)
-        participants = fl_round.updates.count()
+        participants = version.aggregation.get("survivors") or fl_round.updates.count()
         if self.json:
             self._say(
                 json.dumps(
