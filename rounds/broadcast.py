@@ -19,18 +19,26 @@ def round_group(round_id: int) -> str:
 
 
 def round_changed(snapshot: dict[str, Any], *, event: str) -> None:
-    """Announce a round's new state to its live page and the overview, once committed."""
+    """Announce a round's new state to its live page and the overview, once committed. The
+    overview (round list, dashboard) gets the snapshot without its list of updates."""
     message = {"type": "round.event", "event": event, "round": snapshot}
-    groups = (round_group(snapshot["id"]), OVERVIEW_GROUP)
-    transaction.on_commit(lambda: _send(groups, message))
+    summary = {**message, "round": overview_snapshot(snapshot)}
+    sends = ((round_group(snapshot["id"]), message), (OVERVIEW_GROUP, summary))
+    transaction.on_commit(lambda: _send(sends))
 
 
-def _send(groups: tuple[str, ...], message: dict[str, Any]) -> None:
+def overview_snapshot(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """A round snapshot as pages listing many rounds need it: everything but the updates."""
+    return {key: value for key, value in snapshot.items() if key != "updates"}
+
+
+def _send(sends: tuple[tuple[str, dict[str, Any]], ...]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
+    message: dict[str, Any] = {}
     try:
-        for group in groups:
+        for group, message in sends:
             async_to_sync(layer.group_send)(group, message)
     except Exception:  # the live feed must never break the request that changed state
         logger.warning("could not broadcast %s", message.get("event"), exc_info=True)

@@ -27,6 +27,7 @@ from rounds.api.serializers import (
 )
 from rounds.artifacts import Readable
 from rounds.models import Round, Update
+from rounds.services.live import round_download_record
 from rounds.services.updates import (
     check_can_submit,
     parse_metrics,
@@ -110,6 +111,7 @@ class VersionWeightsApi(MerchantApiView):
     )
     def get(self, request: Request, slug: str, number: int) -> HttpResponseBase:
         version = services.version_for_merchant(merchant=self.merchant, slug=slug, number=number)
+        round_download_record(merchant=self.merchant, version=version)  # for the live page
         etag = f'"{version.sha256}"'
         if _etag_matches(request.headers.get("If-None-Match", ""), etag):
             response: HttpResponseBase = HttpResponse(status=status.HTTP_304_NOT_MODIFIED)
