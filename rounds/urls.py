@@ -1,11 +1,15 @@
 from django.urls import path
 
-from rounds.views import live, models
+from rounds.views import live, models, scheduling
 
 app_name = "rounds"
 urlpatterns = [
     path("rounds/", live.round_list, name="round-list"),
     path("rounds/<int:round_id>/", live.round_detail, name="round-detail"),
+    path("rounds/new/", scheduling.round_new, name="round-new"),
+    path("rounds/<int:round_id>/cancel/", scheduling.round_cancel, name="round-cancel"),
+    path("rounds/series/<uuid:series>/", scheduling.series_detail, name="series-detail"),
+    path("rounds/series/<uuid:series>/cancel/", scheduling.series_cancel, name="series-cancel"),
     path("models/", models.model_list, name="model-list"),
     path("models/new/", models.model_create, name="model-create"),
     path(
