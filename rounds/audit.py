@@ -11,6 +11,19 @@ if TYPE_CHECKING:
     from rounds.models import Event, Round
 
 
+# Event kinds a merchant causes through the API (the rest are operators' or the system's).
+MERCHANT_ACTIONS = (
+    "update.",
+    "evaluation.",
+    "weights.",
+    "merchant.key_registered",
+    "secagg.advertise",
+    "secagg.share",
+    "secagg.mask",
+    "secagg.unmask",
+)
+
+
 def record(
     *,
     kind: str,
@@ -28,7 +41,7 @@ def record(
             f"operator:{user.get_username()}"
             if user is not None
             else f"merchant:{merchant.slug}"
-            if merchant is not None and kind.startswith("update.")
+            if merchant is not None and kind.startswith(MERCHANT_ACTIONS)
             else "system"
         )
     return Event.objects.create(

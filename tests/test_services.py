@@ -675,7 +675,7 @@ def test_rounds_tick_before_the_deadline_changes_nothing():
 
     counts = services.rounds_tick(now=timezone.now())
 
-    assert counts == {"opened": 0, "closed": 0, "failed": 0}
+    assert counts == {"opened": 0, "closed": 0, "failed": 0, "secagg_phases": 0}
     fl_round.refresh_from_db()
     assert fl_round.status == Round.Status.OPEN
 
@@ -690,7 +690,7 @@ def test_rounds_tick_after_the_deadline_with_a_quorum_starts_aggregation(
     with django_capture_on_commit_callbacks(execute=True):
         counts = services.rounds_tick(now=timezone.now() + timedelta(seconds=61))
 
-    assert counts == {"opened": 0, "closed": 1, "failed": 0}
+    assert counts == {"opened": 0, "closed": 1, "failed": 0, "secagg_phases": 0}
     fl_round.refresh_from_db()
     assert fl_round.status == Round.Status.AGGREGATING
     assert aggregate_calls == [fl_round.pk]
@@ -704,7 +704,7 @@ def test_rounds_tick_after_the_deadline_below_the_quorum_fails_the_round(aggrega
 
     counts = services.rounds_tick(now=timezone.now() + timedelta(minutes=5))
 
-    assert counts == {"opened": 0, "closed": 0, "failed": 1}
+    assert counts == {"opened": 0, "closed": 0, "failed": 1, "secagg_phases": 0}
     fl_round.refresh_from_db()
     assert fl_round.status == Round.Status.FAILED
     assert "1 of 2" in fl_round.failure_reason
