@@ -14,13 +14,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import safetensors.numpy
 from playwright.sync_api import Page, expect
 
 from clients.sdk import FlportalClient
 from clients.sdk.cli import run_merchant
 from clients.sdk.models import make_trainer
 from rounds import services
-from rounds.models import Round
+from rounds.models import FederatedModel, Round
 from tests.factories import MerchantFactory, OperatorFactory, ViewerFactory, token_for
 
 pytestmark = [
@@ -263,6 +264,88 @@ def test_an_operator_runs_a_round_from_the_browser_and_watches_it_live(new_page,
     fl_round = Round.objects.select_related("result_version").get(pk=round_id)
     assert fl_round.result_version.number == 2
     assert fl_round.result_version.metrics["num_examples"] == 3 * 150
+
+
+def test_an_operator_manages_merchants_tokens_models_and_rounds_from_the_browser(
+    new_page, live_stack, shot, tmp_path
+):
+    operator = user_with_password(OperatorFactory)
+    fashion = MerchantFactory(name="Fresh Fashion", slug="fresh-fashion", category="fashion")
+    MerchantFactory(name="Green Grocer", slug="green-grocer")
+    weights = tmp_path / "initial.safetensors"
+    safetensors.numpy.save_file(
+        {"weight": np.zeros(3, np.float32), "bias": np.zeros(1, np.float32)}, str(weights)
+    )
+    page = new_page()
+    log_in(page, operator.username)
+
+    # Merchants: search, suspend and reactivate, issue a token and revoke it.
+    page.goto("/merchants/")
+    page.get_by_label("Search name, slug or email").fill("fresh")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("#merchants tbody tr")).to_have_count(1)
+    expect(page.locator('#merchants tr[data-slug="fresh-fashion"]')).to_be_visible()
+    shot(page, "merchant-search")
+    page.get_by_role("link", name="Fresh Fashion").click()
+    page.get_by_role("button", name="Suspend").click()
+    expect(page.locator("#merchant-status")).to_contain_text("Suspended")
+    page.get_by_role("button", name="Reactivate").click()
+    expect(page.locator("#merchant-status")).to_contain_text("Active")
+    page.get_by_label("Label").fill("old server")
+    page.get_by_role("button", name="Issue token").click()
+    expect(page.locator("#token-plaintext")).to_contain_text("flp_")
+    page.get_by_role("link", name="Done, back to Fresh Fashion").click()
+    token_row = page.locator("#tokens tbody tr").filter(has_text="old server")
+    token_row.get_by_role("button", name=re.compile("Revoke")).click()
+    expect(token_row).to_contain_text("revoked")
+    shot(page, "token-revoked")
+
+    # Models: from uploaded weights, then FedProx with mu in the settings.
+    page.goto("/models/new/")
+    form = page.locator("#model-from-upload")
+    form.get_by_label("Name").fill("Uploaded model")
+    form.get_by_label("Slug").fill("uploaded")
+    form.get_by_label("Initial weights (.safetensors)").set_input_files(str(weights))
+    form.get_by_role("button", name="Upload and create").click()
+    expect(page).to_have_url(re.compile(r"/models/uploaded/$"))
+    expect(page.locator("#version-lineage #version-1")).to_be_visible()
+    page.get_by_role("link", name="Settings", exact=True).click()
+    page.get_by_label(re.compile(r"^Strategy")).select_option("fedprox")
+    page.locator('[data-params-for="fedprox"]').get_by_label("mu").fill("0.05")
+    shot(page, "model-settings")
+    page.get_by_role("button", name="Save settings").click()
+    expect(page).to_have_url(re.compile(r"/models/uploaded/$"))
+    expect(page.locator("#model-strategy")).to_contain_text("mu=0.05")
+
+    # Rounds: one scheduled for later, cancelled from the model page.
+    page.get_by_role("link", name="Schedule a round").click()
+    page.get_by_label("At a time").check()
+    later = (datetime.now(UTC) + timedelta(hours=2)).strftime("%Y-%m-%d %H:%M")
+    page.get_by_label("Opens at (UTC)").fill(later)
+    page.get_by_label("Quorum (minimum updates)").fill("1")
+    page.get_by_role("button", name="Schedule").click()
+    expect(page.locator("#round-status")).to_have_text("scheduled")
+    page.goto("/models/uploaded/")
+    page.get_by_role("button", name="Cancel round 1").click()
+    expect(page.locator("#model-rounds tbody tr .status").first).to_have_text("Cancelled")
+    shot(page, "round-cancelled")
+
+    # Audit log: this merchant's history, each action with its operator.
+    page.goto("/audit/")
+    page.get_by_role("textbox", name="Merchant").fill("fresh-fashion")
+    page.get_by_role("button", name="Filter").click()
+    rows = page.locator("#events tbody tr")
+    expect(rows.filter(has_text="token.revoked")).to_have_count(1)
+    expect(rows.filter(has_text="token.issued")).to_have_count(1)
+    expect(rows.filter(has_text=operator.username)).to_have_count(rows.count())
+    shot(page, "audit-merchant")
+
+    fashion.refresh_from_db()
+    assert fashion.status == "active"
+    assert fashion.tokens.get(label="old server").revoked_at is not None
+    fl_model = FederatedModel.objects.get(slug="uploaded")
+    assert (fl_model.strategy, fl_model.strategy_params["mu"]) == ("fedprox", 0.05)
+    assert list(fl_model.rounds.values_list("status", flat=True)) == ["cancelled"]
 
 
 def portal_pages(page: Page) -> list[str]:
