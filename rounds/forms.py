@@ -145,11 +145,18 @@ class ModelSettingsForm(forms.Form):
     dp_accountant = forms.ChoiceField(
         choices=[("rdp", "RDP"), ("pld", "PLD")], initial="rdp", label="Accountant"
     )
+    secagg_enabled = forms.BooleanField(
+        required=False,
+        label="Secure aggregation",
+        help_text="Merchants mask their updates so the server only sees the sum (FedAvg or "
+        "FedProx without server-side clipping). Fine-tune it through the operator API.",
+    )
 
     HINTS = ("epochs", "learning_rate", "batch_size", "proximal_mu")
     DP = ("clip_norm", "noise_multiplier", "delta", "epsilon_budget")
 
     def __init__(self, *args: Any, fl_model: FederatedModel, **kwargs: Any) -> None:
+        self.fl_model = fl_model
         initial = {
             "description": fl_model.description,
             "strategy": fl_model.strategy,
@@ -158,6 +165,7 @@ class ModelSettingsForm(forms.Form):
             "dp_enabled": bool(fl_model.privacy),
             **{f"dp_{key}": fl_model.privacy.get(key) for key in self.DP},
             "dp_accountant": fl_model.privacy.get("accountant", "rdp"),
+            "secagg_enabled": bool(fl_model.secure_aggregation),
         }
         super().__init__(*args, initial=initial, **kwargs)
         for hint in self.HINTS:
@@ -209,15 +217,19 @@ class ModelSettingsForm(forms.Form):
         if data.get("clip_norm") is not None:
             params["clip_norm"] = data["clip_norm"]
         privacy: dict[str, Any] = {}
-        if data.get("dp_enabled"):
-            privacy = {key: data[f"dp_{key}"] for key in self.DP}
+        if data.get("dp_enabled"):  # settings this form does not show are kept as they are
+            privacy = {**self.fl_model.privacy, **{key: data[f"dp_{key}"] for key in self.DP}}
             privacy["accountant"] = data["dp_accountant"]
+        secagg: Any = {}
+        if data.get("secagg_enabled"):
+            secagg = self.fl_model.secure_aggregation or True  # on: as tuned, or the defaults
         return {
             "description": data["description"],
             "strategy": strategy,
             "strategy_params": params,
             "training_hints": {h: data[h] for h in self.HINTS if data.get(h) is not None},
             "privacy": privacy,
+            "secure_aggregation": secagg,
         }
 
 

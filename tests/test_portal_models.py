@@ -539,6 +539,38 @@ def test_invalid_settings_show_the_error_and_change_nothing(operator_client, dat
     assert not Event.objects.filter(kind="model.updated").exists()
 
 
+def test_an_operator_turns_secure_aggregation_on_and_off(operator_client):
+    make_fl_model(slug="m")
+
+    operator_client.post(
+        "/models/m/settings/",
+        {"strategy": "fedavg", "dp_accountant": "rdp", "secagg_enabled": "on"},
+    )
+    turned_on = FederatedModel.objects.get(slug="m").secure_aggregation
+    page = operator_client.get("/models/m/").content.decode()
+    operator_client.post("/models/m/settings/", {"strategy": "fedavg", "dp_accountant": "rdp"})
+
+    assert turned_on["phase_seconds"] >= 5  # the service's defaults
+    assert 'id="model-secagg">on' in page
+    assert FederatedModel.objects.get(slug="m").secure_aggregation == {}
+
+
+def test_secure_aggregation_with_a_robust_strategy_is_refused_on_the_page(operator_client):
+    make_fl_model(slug="m")
+
+    response = operator_client.post(
+        "/models/m/settings/",
+        {"strategy": "median", "dp_accountant": "rdp", "secagg_enabled": "on"},
+    )
+
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert 'id="error-secagg_enabled"' in page
+    assert "only the sum" in page
+    fl_model = FederatedModel.objects.get(slug="m")
+    assert (fl_model.strategy, fl_model.secure_aggregation) == ("fedavg", {})
+
+
 def test_settings_of_an_unknown_model_are_not_found(operator_client):
     assert operator_client.get("/models/nope/settings/").status_code == 404
     assert operator_client.post("/models/nope/settings/", {}).status_code == 404

@@ -38,6 +38,10 @@ _MODEL_ERROR_FIELDS = {
     "invalid_hints": "epochs",
     "invalid_privacy": "dp_enabled",
     "dp_needs_fedavg": "dp_enabled",
+    "invalid_secagg": "secagg_enabled",
+    "secagg_needs_linear_strategy": "secagg_enabled",
+    "secagg_needs_client_clipping": "secagg_enabled",
+    "secagg_needs_fixed_clipping": "secagg_enabled",
 }
 
 _WEIGHTS_ERRORS = {
