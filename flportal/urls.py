@@ -3,14 +3,12 @@ from __future__ import annotations
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from clients.forms import PortalAuthenticationForm
 from rounds.views import audit
 
 urlpatterns = [
-    path("", RedirectView.as_view(pattern_name="rounds:round-list", permanent=False)),
     path("admin/", admin.site.urls),
     path(
         "accounts/login/",

@@ -1,9 +1,11 @@
 from django.urls import path
 
-from rounds.views import live, models, scheduling
+from rounds.views import dashboard, live, models, scheduling
 
 app_name = "rounds"
 urlpatterns = [
+    path("", dashboard.dashboard, name="dashboard"),
+    path("dashboard/series/<int:model_id>.json", dashboard.series, name="dashboard-series"),
     path("rounds/", live.round_list, name="round-list"),
     path("rounds/<int:round_id>/", live.round_detail, name="round-detail"),
     path("rounds/new/", scheduling.round_new, name="round-new"),

@@ -28,6 +28,7 @@ from clients.sdk import codec
 from flportal.errors import Conflict, NotFound, ValidationFailed
 from rounds import aggregation, artifacts, audit, broadcast
 from rounds.aggregation import AggregationError
+from rounds.aggregation.norms import delta_norms, norm_summary
 from rounds.aggregation.dp import dp_fedavg
 from rounds.models import FederatedModel, ModelVersion, Round, Update
 from rounds.services import privacy
@@ -293,6 +294,9 @@ def round_aggregate(*, round_id: int) -> int | None:
                     current=current,
                     state=state,
                 )
+                # for the dashboard; not under DP: raw norms are not private, and a version's
+                # aggregation info reaches merchants with the next round
+                outcome.info.update(norm_summary(delta_norms(arrays, reference=current)))
     except (AggregationError, codec.CodecError, OSError) as exc:
         _fail_aggregation(round_id, exc)
         return None
@@ -328,7 +332,7 @@ def round_aggregation_plan(*, round_id: int, min_params: int, slices: int) -> di
             _fail_aggregation(round_id, exc)
             return None
         scales = aggregation.clip_scales(norms, clip_norm)
-        info = aggregation.clip_report(norms, clip_norm)
+        info = {**aggregation.clip_report(norms, clip_norm), **norm_summary(norms)}
     return {"spans": aggregation.partition_spans(specs, slices), "scales": scales, "info": info}
 
 

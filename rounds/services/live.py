@@ -186,6 +186,9 @@ def describe(event: Event) -> str:
             f"Completed: version v{data.get('version')} from {data.get('participants')} updates"
             + _metrics_text(data.get("metrics"), prefix=" ")
         ),
+        "version.created": lambda: (
+            f"Version v{data.get('version')} stored (sha256 {str(data.get('sha256', ''))[:12]})"
+        ),
         "round.failed": lambda: f"Failed: {data.get('reason', '')}",
         "round.cancelled": lambda: f"Cancelled by {event.actor_label or 'system'}",
         "evaluation.received": lambda: (

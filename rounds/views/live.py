@@ -102,7 +102,12 @@ def _number(value: Any) -> str | None:
 
 def _aggregation_items(info: dict[str, Any]) -> list[tuple[str, str]]:
     """What the strategy did, as label/value pairs (lists are joined)."""
-    return [
-        (key.replace("_", " "), ", ".join(map(str, value)) if isinstance(value, list) else value)
-        for key, value in info.items()
-    ]
+    return [(key.replace("_", " "), _value(value)) for key, value in info.items()]
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(map(_value, value))
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)

@@ -99,13 +99,19 @@
           " ",
           el("span", { class: "kind" }, entry.kind),
           " ",
-          entry.text,
+          el("span", { class: "text" }, entry.text),
         ),
       );
       last = entry.id;
     }
     root().dataset.lastEventId = last;
     while (log.children.length > LOG_LIMIT) log.lastElementChild.remove();
+  }
+
+  function show(value) {
+    if (Array.isArray(value)) return value.map(show).join(", ");
+    if (typeof value === "number" && !Number.isInteger(value)) return String(Number(value.toPrecision(6)));
+    return text(value);
   }
 
   function number(value) {
@@ -121,10 +127,7 @@
       ["strategy", result.strategy],
       ["examples", result.metrics.num_examples !== undefined ? Math.round(result.metrics.num_examples) : "—"],
       ["sha256", result.sha256.slice(0, 16)],
-      ...Object.entries(result.aggregation || {}).map(([key, value]) => [
-        key.replaceAll("_", " "),
-        Array.isArray(value) ? value.join(", ") : value,
-      ]),
+      ...Object.entries(result.aggregation || {}).map(([key, value]) => [key.replaceAll("_", " "), show(value)]),
     ];
     byId("result-aggregation").replaceChildren(
       ...facts.flatMap(([key, value]) => [el("dt", {}, key), el("dd", {}, text(value))]),
