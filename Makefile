@@ -35,6 +35,7 @@ test-browser: setup
 bench: setup
 	$(PY) -m benchmarks.aggregation $(ARGS)
 	$(PY) -m benchmarks.round_close
+	$(PY) -m benchmarks.secagg
 
 quality: setup
 	$(PY) -m benchmarks.quality $(ARGS)
