@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from clients.sdk.client import ApiError, FlportalClient, RoundInfo
-from clients.sdk.privacy import with_local_dp
+from clients.sdk.privacy import clip_to_round, with_local_dp
 from clients.sdk.training import Trainer
 
 logger = logging.getLogger("flportal.client")
@@ -46,7 +46,7 @@ def participate(client: FlportalClient, trainer: Trainer, fl_round: RoundInfo) -
     """Download, train, upload for one round; returns the server's view of the update."""
     weights = client.download_weights(fl_round)
     hints = {**fl_round.training_hints, "round": fl_round.number}
-    result = trainer(weights, hints)
+    result = clip_to_round(trainer(weights, hints), weights, hints)  # client-side DP clipping
     return client.upload_update(
         fl_round.id, result.weights, num_examples=result.num_examples, metrics=result.metrics
     )

@@ -3,10 +3,65 @@ from __future__ import annotations
 from typing import Any
 
 from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from rounds.models import FederatedModel, ModelVersion, Round, Update
 from rounds.services.lifecycle import round_training_hints
+
+
+class PrivacySettingsSchema(serializers.Serializer):
+    """Central DP settings of a model (documentation; ``rounds.services.privacy`` validates).
+    An empty object means no DP; otherwise the first four are required."""
+
+    clip_norm = serializers.FloatField(
+        required=False,
+        help_text="L2 clip norm C of each merchant's change, in (0, 1e6]; with adaptive "
+        "clipping the first round's",
+    )
+    noise_multiplier = serializers.FloatField(
+        required=False,
+        help_text="z in (0, 1000]: the round costs what Gaussian noise z*C on the sum costs",
+    )
+    delta = serializers.FloatField(required=False, help_text="target delta in (0, 0.01]")
+    epsilon_budget = serializers.FloatField(
+        required=False, help_text="total epsilon budget in (0, 1000]"
+    )
+    accountant = serializers.ChoiceField(choices=["rdp", "pld"], required=False, default="rdp")
+    clipping = serializers.ChoiceField(
+        choices=["fixed", "adaptive"],
+        required=False,
+        default="fixed",
+        help_text="adaptive: the clip norm tracks a quantile of the update norms "
+        "(Andrew et al. 2021); the sum's noise multiplier becomes "
+        "z_delta = (z^-2 - (2 clip_count_stddev)^-2)^-1/2 so the round costs the same epsilon",
+    )
+    clip_mode = serializers.ChoiceField(
+        choices=["server", "client"],
+        required=False,
+        default="server",
+        help_text="client: merchants clip their change to the round's dp_clip_norm training "
+        "hint before upload (needed for secure aggregation); the server still clips every "
+        "update it sees",
+    )
+    target_quantile = serializers.FloatField(
+        required=False, default=0.5, help_text="adaptive only: gamma in (0, 1)"
+    )
+    clip_learning_rate = serializers.FloatField(
+        required=False,
+        default=0.2,
+        help_text="adaptive only: eta_C in (0, 10]; next C = C * exp(-eta_C * (b - gamma))",
+    )
+    clip_count_stddev = serializers.FloatField(
+        required=False,
+        help_text="adaptive only, required: sigma_b, the noise on the count of updates within "
+        "C; must exceed noise_multiplier / 2 (about expected participants / 20 is typical)",
+    )
+
+
+@extend_schema_field(PrivacySettingsSchema)
+class PrivacyField(serializers.DictField):
+    """A privacy settings object, passed whole to the service that validates it."""
 
 
 class TensorSpecSerializer(serializers.Serializer):
@@ -169,8 +224,25 @@ class FederatedModelCreateInput(serializers.Serializer):
     )
     strategy_params = serializers.DictField(required=False, default=dict)
     init = serializers.ChoiceField(choices=["random", "zeros", "none"], default="random")
-    privacy = serializers.DictField(required=False, help_text="central DP settings (optional)")
+    privacy = PrivacyField(required=False, help_text="central DP settings (optional)")
     seed = serializers.IntegerField(min_value=0, max_value=2**32 - 1, default=0)
+
+
+class PrivacyLedgerEntryOutput(serializers.Serializer):
+    round = serializers.IntegerField()
+    status = serializers.CharField()
+    q = serializers.FloatField(help_text="sampling rate")
+    noise_multiplier = serializers.FloatField()
+    epsilon_after = serializers.FloatField()
+    clipping = serializers.CharField()
+    clip_mode = serializers.CharField()
+    clip_norm = serializers.FloatField(help_text="the clip norm in force in this round")
+    delta_noise_multiplier = serializers.FloatField(required=False)
+    clip_count_stddev = serializers.FloatField(required=False)
+    unclipped_fraction = serializers.FloatField(
+        required=False, allow_null=True, help_text="noisy fraction of updates within the norm"
+    )
+    next_clip_norm = serializers.FloatField(required=False, allow_null=True)
 
 
 class PrivacyReportOutput(serializers.Serializer):
@@ -180,9 +252,20 @@ class PrivacyReportOutput(serializers.Serializer):
     epsilon_remaining = serializers.FloatField(required=False)
     delta = serializers.FloatField(required=False)
     noise_multiplier = serializers.FloatField(required=False)
-    clip_norm = serializers.FloatField(required=False)
+    clip_norm = serializers.FloatField(required=False, help_text="the configured (first) clip norm")
     accountant = serializers.CharField(required=False)
-    ledger = serializers.ListField(child=serializers.DictField())
+    clipping = serializers.CharField(required=False, help_text="fixed or adaptive")
+    clip_mode = serializers.CharField(required=False, help_text="server or client")
+    current_clip_norm = serializers.FloatField(
+        required=False, help_text="the clip norm the next round uses"
+    )
+    target_quantile = serializers.FloatField(required=False)
+    clip_learning_rate = serializers.FloatField(required=False)
+    clip_count_stddev = serializers.FloatField(required=False)
+    delta_noise_multiplier = serializers.FloatField(
+        required=False, help_text="adaptive: the noise multiplier on the sum, z_delta"
+    )
+    ledger = PrivacyLedgerEntryOutput(many=True)
 
 
 class TemplateOutput(serializers.Serializer):
@@ -196,7 +279,7 @@ class TemplateOutput(serializers.Serializer):
 
 class FederatedModelUpdateInput(serializers.Serializer):
     description = serializers.CharField(required=False, allow_blank=True)
-    privacy = serializers.DictField(required=False, help_text="{} turns DP off")
+    privacy = PrivacyField(required=False, help_text="{} turns DP off")
     strategy = serializers.CharField(required=False)
     strategy_params = serializers.DictField(required=False)
     training_hints = serializers.DictField(required=False)

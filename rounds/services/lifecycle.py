@@ -25,11 +25,10 @@ from django.utils import timezone
 
 from clients.models import Merchant
 from clients.sdk import codec
+from clients.sdk.privacy import WITHIN_CLIP_METRIC
 from flportal.errors import Conflict, NotFound, ValidationFailed
 from rounds import aggregation, artifacts, audit, broadcast
 from rounds.aggregation import AggregationError
-from rounds.aggregation.norms import delta_norms, norm_summary
-from rounds.aggregation.dp import dp_fedavg
 from rounds.models import FederatedModel, ModelVersion, Round, Update
 from rounds.services import privacy
 from rounds.services.fl_models import fl_model_specs, version_create, version_latest
@@ -38,6 +37,8 @@ from rounds.services.selection import parse_selection, select_participants
 logger = logging.getLogger(__name__)
 
 ACTIVE_STATUSES = (Round.Status.OPEN, Round.Status.AGGREGATING)
+# Per-merchant flags that must not be published in the version's metrics in the clear.
+PRIVATE_METRICS = frozenset({WITHIN_CLIP_METRIC})
 SNAPSHOT_UPDATES = 100  # the most recent updates a snapshot lists (the count is exact)
 MAX_DURATION = 30 * 24 * 3600
 
@@ -47,6 +48,7 @@ def round_training_hints(fl_round: Round) -> dict[str, Any]:
     hints = dict(fl_round.fl_model.training_hints)
     if fl_round.strategy == "fedprox":
         hints["proximal_mu"] = fl_round.strategy_params.get("mu", hints.get("proximal_mu", 0.0))
+    hints |= privacy.client_hints(fl_round.privacy)  # dp_clip_norm for client-side clipping
     return hints
 
 
@@ -162,12 +164,9 @@ def round_open(*, fl_round: Round) -> bool:
                 audit.record(kind="round.failed", fl_round=fl_round, data={"reason": exc.detail})
                 _announce(fl_round, "round.failed")
                 return False
-            round_privacy = {
-                **fl_model.privacy,
-                "q": q,
-                "eligible": eligible,
-                "epsilon_after": spent,
-            }
+            round_privacy = privacy.round_privacy(
+                fl_model, base_version=base_version, q=q, eligible=eligible, spent=spent
+            )
         claimed = Round.objects.filter(
             pk=fl_round.pk, status=Round.Status.SCHEDULED, opens_at__lte=now
         ).update(
@@ -284,7 +283,7 @@ def round_aggregate(*, round_id: int) -> int | None:
     try:
         with _opened(fl_round, updates) as (arrays, current, state):
             if fl_round.privacy:
-                outcome = _dp_outcome(fl_round, arrays, current)
+                outcome = _dp_outcome(fl_round, arrays, current, updates)
             else:
                 outcome = aggregation.aggregate(
                     fl_round.strategy,
@@ -294,9 +293,6 @@ def round_aggregate(*, round_id: int) -> int | None:
                     current=current,
                     state=state,
                 )
-                # for the dashboard; not under DP: raw norms are not private, and a version's
-                # aggregation info reaches merchants with the next round
-                outcome.info.update(norm_summary(delta_norms(arrays, reference=current)))
     except (AggregationError, codec.CodecError, OSError) as exc:
         _fail_aggregation(round_id, exc)
         return None
@@ -332,7 +328,7 @@ def round_aggregation_plan(*, round_id: int, min_params: int, slices: int) -> di
             _fail_aggregation(round_id, exc)
             return None
         scales = aggregation.clip_scales(norms, clip_norm)
-        info = {**aggregation.clip_report(norms, clip_norm), **norm_summary(norms)}
+        info = aggregation.clip_report(norms, clip_norm)
     return {"spans": aggregation.partition_spans(specs, slices), "scales": scales, "info": info}
 
 
@@ -528,18 +524,18 @@ def _open_next_on_commit(fl_model_id: int) -> None:
     transaction.on_commit(open_next)
 
 
-def _dp_outcome(fl_round: Round, arrays: list, current: dict) -> aggregation.Outcome:
+def _dp_outcome(
+    fl_round: Round, arrays: list, current: dict, updates: list[Update]
+) -> aggregation.Outcome:
     """DP-FedAvg with noise from a generator seeded by the OS's cryptographic source."""
-    settings = fl_round.privacy
-    rng = np.random.default_rng(secrets.randbits(128))
-    weights, info = dp_fedavg(
-        arrays,
+    weights, info = privacy.dp_aggregate(
+        snapshot=fl_round.privacy,
+        updates=arrays,
         current=current,
-        clip_norm=settings["clip_norm"],
-        noise_multiplier=settings["noise_multiplier"],
-        rng=rng,
+        metrics=[u.metrics for u in updates],
+        rng=np.random.default_rng(secrets.randbits(128)),
     )
-    return aggregation.Outcome(weights, {}, {**info, "epsilon_after": settings["epsilon_after"]})
+    return aggregation.Outcome(weights, {}, info)
 
 
 def _aggregating(round_id: int) -> Round | None:
@@ -644,7 +640,7 @@ def _weighted_metrics(updates: list[Update]) -> dict[str, float]:
     """Example-weighted mean of each metric that every update reported."""
     if not updates:
         return {}
-    keys = set.intersection(*(set(u.metrics) for u in updates))
+    keys = set.intersection(*(set(u.metrics) for u in updates)) - PRIVATE_METRICS
     total = sum(u.num_examples for u in updates)
     metrics = {
         key: sum(float(u.metrics[key]) * u.num_examples for u in updates) / total
