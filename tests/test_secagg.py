@@ -478,3 +478,19 @@ def test_registering_a_key_is_validated_and_idempotent(merchant_client, merchant
     assert response.status_code == 400 and response.json()["error"] == "invalid_public_key"
     merchant.refresh_from_db()
     assert merchant.public_key == public
+
+
+def test_an_operator_cannot_close_a_secure_round_early_but_can_cancel_it(secure_model, members):
+    from flportal.errors import Conflict
+
+    fl_round = _open(secure_model)
+    with pytest.raises(Conflict) as raised:
+        services.round_close(fl_round=fl_round)
+    assert raised.value.code == "secagg_round_closes_itself"
+    services.round_cancel(fl_round=fl_round)
+    fl_round.refresh_from_db()
+    assert fl_round.status == "cancelled"
+    with pytest.raises(ApiError) as refused:
+        members[0].advertise(fl_round.pk)
+    assert refused.value.code == "round_not_open"
+    assert services.rounds_tick(now=fl_round.phase_deadline_at)["secagg_phases"] == 0
