@@ -222,9 +222,10 @@ def watch_merchants_submit(
     shot(page, "round-open")
 
     for index, (slug, token) in enumerate(merchants):
-        client = threading.Thread(target=take_part, args=(base_url, token, index))
+        client = threading.Thread(target=take_part, args=(base_url, token, index), daemon=True)
         client.start()
         client.join(timeout=60)
+        assert not client.is_alive(), f"{slug}'s client did not send its update"
         expect(progress).to_have_js_property("value", index + 1)
         expect(page.locator("#round-submitted")).to_have_text(str(index + 1))
         row = page.locator(f'#participants tr[data-merchant="{slug}"]')
