@@ -115,6 +115,8 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 ROUNDS_TICK_SECONDS = env_float("ROUNDS_TICK_SECONDS", 1.0, minimum=0.1)
 CELERY_BEAT_SCHEDULE = {
     "rounds-tick": {"task": "rounds.tasks.rounds_tick", "schedule": ROUNDS_TICK_SECONDS},
+    # the dashboard's update-norm chart, off the path from round close to publication
+    "update-norms": {"task": "rounds.tasks.versions_record_update_norms", "schedule": 5.0},
 }
 
 # --- files ----------------------------------------------------------------------------------

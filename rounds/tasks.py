@@ -10,6 +10,7 @@ from django.db import OperationalError
 
 from flportal.celery import app
 from rounds import services
+from rounds.services import dashboard
 
 RETRYING = {
     "acks_late": True,
@@ -55,3 +56,9 @@ def round_aggregation_failed(round_id: int) -> None:
 @app.task(ignore_result=True, autoretry_for=(OperationalError,), max_retries=2)
 def rounds_tick() -> dict[str, int]:
     return services.rounds_tick()
+
+
+@app.task(ignore_result=True)
+def versions_record_update_norms() -> int:
+    """Beat: the update norms of the latest published versions, for the dashboard's chart."""
+    return dashboard.versions_record_update_norms()

@@ -11,16 +11,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.test import Client
 from django.utils import timezone
 
 from clients.models import Merchant
-from rounds import aggregation, services
+from rounds import aggregation, broadcast, services
 from rounds.aggregation import core
 from rounds.aggregation.norms import delta_norms, norm_summary
-from rounds.models import Round
-from rounds.services.dashboard import evaluation_means, merchants_online, model_series
+from rounds.models import Round, Update
+from rounds.services.dashboard import (
+    evaluation_means,
+    merchants_online,
+    model_series,
+    versions_record_update_norms,
+)
 from rounds.services.privacy import privacy_report
 from tests.factories import (
     MerchantFactory,
@@ -45,6 +52,12 @@ def viewer_client() -> Client:
 
 
 @pytest.fixture
+def channel_layer(settings):
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    return get_channel_layer()
+
+
+@pytest.fixture
 def history(aggregate_calls):
     """Model "propensity": round 1 completed (two updates, two evaluations), round 2 failed
     (one of two required updates), round 3 cancelled."""
@@ -54,6 +67,7 @@ def history(aggregate_calls):
     submit_update(first, a, small_weights(1.0), num_examples=10, metrics={"loss": 0.4})
     submit_update(first, b, small_weights(3.0), num_examples=30, metrics={"loss": 0.2})
     assert services.round_aggregate(round_id=first.pk) == 2
+    assert versions_record_update_norms() == 1  # what beat does seconds later
     version = fl_model.versions.get(number=2)
     for merchant, examples, metrics in (
         (a, 100, {"loss": 0.3, "accuracy": 0.8, "auc": 0.7}),
@@ -125,6 +139,7 @@ def test_a_dp_model_charts_epsilon_spent_against_its_budget(aggregate_calls):
     for merchant in merchants:
         submit_update(fl_round, merchant)
     services.round_aggregate(round_id=fl_round.pk)
+    assert versions_record_update_norms() == 0  # raw norms are not private: not recorded
     series = model_series(fl_model=fl_model)
     report = privacy_report(fl_model)
     assert series["privacy"] == {
@@ -169,24 +184,51 @@ def test_delta_norms_match_the_clipping_norms_in_every_precision(monkeypatch):
     ]
     expected = aggregation.update_norms(updates, reference=reference)
     np.testing.assert_allclose(delta_norms(updates, reference=reference), expected, rtol=1e-5)
-    monkeypatch.setattr(core, "THREADED_MIN_VALUES", 0)  # split the coordinates over threads
-    threaded = delta_norms(updates, reference=reference, threads=3)
-    np.testing.assert_allclose(threaded, expected, rtol=1e-5)
+    monkeypatch.setattr(core, "THREADED_MIN_VALUES", 0)  # split the chunks over threads
+    single = delta_norms(updates, reference=reference, threads=1)
+    assert np.array_equal(delta_norms(updates, reference=reference, threads=3), single)
     assert norm_summary([3.0, 1.0]) == {"update_norm_mean": 2.0, "update_norm_max": 3.0}
     assert norm_summary([]) == {}
 
 
 @pytest.mark.django_db
-def test_the_parallel_plan_records_the_norms_it_computes_for_clipping(aggregate_calls):
+def test_update_norms_are_recorded_after_publication_once_per_version(
+    aggregate_calls, channel_layer, django_capture_on_commit_callbacks
+):
     a, b = MerchantFactory.create_batch(2)
     fl_model = make_fl_model(strategy_params={"clip_norm": 5.0})
-    fl_round = make_open_round(fl_model=fl_model, min_updates=2)
-    submit_update(fl_round, a, small_weights(1.0))
-    submit_update(fl_round, b, small_weights(3.0))
-    plan = services.round_aggregation_plan(round_id=fl_round.pk, min_params=1, slices=2)
-    assert plan["info"]["update_norm_mean"] == pytest.approx(2 * SQRT5, rel=1e-6)
-    assert plan["info"]["update_norm_max"] == pytest.approx(3 * SQRT5, rel=1e-6)
-    assert plan["info"]["clipped"] == 1
+    single = make_open_round(fl_model=fl_model, min_updates=2)
+    submit_update(single, a, small_weights(1.0))
+    submit_update(single, b, small_weights(3.0))
+    services.round_aggregate(round_id=single.pk)
+    version = Round.objects.get(pk=single.pk).result_version
+    assert "update_norm_mean" not in version.aggregation  # not on the way to publication
+    async_to_sync(channel_layer.group_add)(broadcast.round_group(single.pk), "listener")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert versions_record_update_norms() == 1
+    version.refresh_from_db()
+    assert version.aggregation["update_norm_mean"] == pytest.approx(2 * SQRT5, rel=1e-6)
+    assert version.aggregation["update_norm_max"] == pytest.approx(3 * SQRT5, rel=1e-6)
+    assert version.aggregation["clipped"] == 1  # what the strategy recorded is kept
+    message = async_to_sync(channel_layer.receive)("listener")
+    assert message["event"] == "version.norms"
+    assert message["round"]["aggregation"]["update_norm_mean"] == pytest.approx(2 * SQRT5)
+    assert versions_record_update_norms() == 0  # once
+
+    sliced = make_open_round(fl_model=fl_model, min_updates=2)
+    submit_update(sliced, a, small_weights(3.0))
+    submit_update(sliced, b, small_weights(5.0))
+    plan = services.round_aggregation_plan(round_id=sliced.pk, min_params=1, slices=2)
+    parts = [
+        services.round_aggregate_slice(round_id=sliced.pk, spans=spans, scales=plan["scales"])
+        for spans in plan["spans"]
+    ]
+    services.round_aggregate_finish(round_id=sliced.pk, plan=plan, parts=parts)
+    Update.objects.filter(fl_round=sliced, merchant=b).first().weights.delete(save=False)
+    assert versions_record_update_norms() == 1
+    info = Round.objects.get(pk=sliced.pk).result_version.aggregation
+    assert info["update_norm_mean"] is None and info["update_norm_max"] is None  # unreadable
+    assert versions_record_update_norms() == 0  # and not retried for ever
 
 
 # --- the page ---------------------------------------------------------------------------------

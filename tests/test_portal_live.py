@@ -20,6 +20,7 @@ from rounds import broadcast, services
 from rounds.consumers import RoundProgressConsumer, RoundsOverviewConsumer
 from rounds.models import Event, Round, Update
 from rounds.services import live
+from rounds.services.dashboard import versions_record_update_norms
 from tests.factories import (
     MerchantFactory,
     ViewerFactory,
@@ -244,6 +245,7 @@ def test_a_completed_round_page_shows_the_new_version_its_aggregation_and_metric
     submit_update(fl_round, a, small_weights(1.0), num_examples=10, metrics={"loss": 0.4})
     submit_update(fl_round, b, small_weights(3.0), num_examples=30, metrics={"loss": 0.2})
     assert services.round_aggregate(round_id=fl_round.pk) == 2
+    assert versions_record_update_norms() == 1  # beat, seconds later
     version = Round.objects.get(pk=fl_round.pk).result_version
     services.evaluation_submit(
         version=version, merchant=a, num_examples=100, metrics={"loss": 0.3, "auc": 0.7}

@@ -7,17 +7,25 @@ are computed with aggregate queries, never by loading every update or evaluation
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.db import transaction
 from django.db.models import Case, Count, F, FloatField, OuterRef, Subquery, Sum, When
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
 
 from clients.models import Merchant
+from clients.sdk.codec import CodecError
+from rounds import broadcast
+from rounds.aggregation import AggregationError
+from rounds.aggregation.norms import delta_norms, norm_summary
 from rounds.models import Evaluation, FederatedModel, ModelVersion, Round, Update
 from rounds.services.privacy import privacy_report
+
+logger = logging.getLogger(__name__)
 
 ONLINE_WINDOW = timedelta(minutes=5)  # a merchant seen this recently is online
 SERIES_ROUNDS = 100
@@ -26,6 +34,8 @@ ACTIVE_SHOWN = 20
 ONLINE_SHOWN = 12
 VERSIONS_SHOWN = 10
 MODELS_SHOWN = 24
+NORMS_BATCH = 3  # rounds whose update norms one beat run records
+NORMS_KEY = "update_norm_mean"
 _FINISHED = (Round.Status.COMPLETED, Round.Status.FAILED)
 
 
@@ -175,6 +185,61 @@ def model_series(*, fl_model: FederatedModel, limit: int = SERIES_ROUNDS) -> dic
         series[f"train_{key}"] = column(lambda v, key=key: _number(v["metrics"].get(key)))
         series[f"eval_{key}"] = column(evaluated(key))
     return series
+
+
+def versions_record_update_norms(*, limit: int = NORMS_BATCH) -> int:
+    """Beat's periodic work for the norms chart: record the update norms of up to ``limit``
+    completed rounds whose versions lack them, newest first. Returns how many it recorded.
+
+    The norms are a second read of every update, so they are computed here, seconds after the
+    version is published, rather than between round close and publication. Rounds with
+    differential privacy are left out (raw norms are not private, and a version's aggregation
+    info reaches merchants with the next round), as are secure-aggregation rounds (the server
+    never sees a single update)."""
+    pending = (
+        Round.objects.filter(
+            status=Round.Status.COMPLETED, privacy={}, secagg={}, result_version__isnull=False
+        )
+        .exclude(result_version__aggregation__has_key=NORMS_KEY)
+        .order_by("-finished_at", "-pk")
+        .values_list("pk", flat=True)[:limit]
+    )
+    return sum(version_record_update_norms(round_id=round_id) is not None for round_id in pending)
+
+
+def version_record_update_norms(*, round_id: int) -> dict[str, float | None] | None:
+    """Add the mean and largest L2 norm of the accepted updates' changes to the aggregation
+    info of the version a completed round produced, and announce it (``version.norms``).
+    Idempotent; None when there is nothing to do. Updates that cannot be read any more are
+    recorded as unknown (None), so they are not retried for ever."""
+    from rounds.services.lifecycle import _accepted_updates, _opened, round_snapshot
+
+    fl_round = (
+        Round.objects.select_related("fl_model", "base_version")
+        .filter(pk=round_id, status=Round.Status.COMPLETED)
+        .first()
+    )
+    if fl_round is None or fl_round.privacy or fl_round.secagg:
+        return None
+    version = ModelVersion.objects.filter(produced_by=fl_round).first()
+    if version is None or NORMS_KEY in version.aggregation:
+        return None
+    summary: dict[str, float | None] = {NORMS_KEY: None, "update_norm_max": None}
+    try:
+        with _opened(fl_round, _accepted_updates(fl_round)) as (arrays, current, _):
+            if arrays:
+                summary |= norm_summary(delta_norms(arrays, reference=current))
+    except (AggregationError, CodecError, OSError):
+        logger.warning("could not compute the update norms of round %s", round_id, exc_info=True)
+    with transaction.atomic():
+        locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        if NORMS_KEY in locked.aggregation:  # another run was quicker
+            return None
+        ModelVersion.objects.filter(pk=version.pk).update(
+            aggregation={**locked.aggregation, **summary}
+        )
+        broadcast.round_changed(round_snapshot(fl_round), event="version.norms")
+    return summary
 
 
 def _privacy_series(fl_model: FederatedModel) -> dict[str, Any]:

@@ -9,7 +9,7 @@
   const { el, text } = live;
   const charts = new Map(); // element id -> uPlot instance
   const ACTIVE = new Set(["open", "aggregating"]);
-  const REFRESH_ON = new Set(["round.completed", "round.failed", "evaluation.received"]);
+  const REFRESH_ON = new Set(["round.completed", "round.failed", "evaluation.received", "version.norms"]);
   const COLORS = { loss: "#b42318", accuracy: "#1d5fbf", auc: "#1b7f3b", train: "#c9831a", grey: "#6b7785" };
 
   const seriesData = JSON.parse(document.getElementById("dashboard-series").textContent || "{}");
