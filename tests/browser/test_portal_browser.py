@@ -163,9 +163,9 @@ def open_dashboard(page: Page) -> None:
 
 def check_dashboard_after_the_round(page: Page, shot: Any) -> None:
     """Without a reload: the new version is listed and each chart gained its point."""
-    expect(
-        page.locator('#latest-versions tr[data-model="propensity"][data-version="2"]')
-    ).to_be_visible()
+    latest = page.locator('#latest-versions tr[data-model="propensity"][data-version="2"]')
+    expect(latest).to_be_visible()
+    expect(latest.locator("td").nth(3)).to_have_text(re.compile(r"^0\.\d{4}$"))  # train loss
     expect(page.locator("#stat-latest-version")).to_have_text("v2")
     for chart in ("quality", "participation", "norms"):
         expect(page.locator(f"#chart-propensity-{chart}")).to_have_attribute("data-points", "1")
