@@ -25,7 +25,10 @@ from typing import Any
 import httpx
 
 from clients.sdk.client import ApiError, FlportalClient, RoundInfo
+from clients.sdk.keys import KeyFileError, load_or_create
 from clients.sdk.privacy import clip_to_round, with_local_dp
+from clients.sdk.secagg import public_key_of
+from clients.sdk.secure import Dropped, participate_secure, skip_reason
 from clients.sdk.training import Trainer
 
 logger = logging.getLogger("flportal.client")
@@ -60,13 +63,19 @@ def run_merchant(
     max_rounds: int | None = None,
     stop: threading.Event | None = None,
     on_update: Callable[[RoundInfo, dict[str, Any]], None] | None = None,
+    identity: bytes | None = None,
 ) -> int:
-    """Take part in rounds until ``max_rounds`` updates were sent or ``stop`` is set."""
+    """Take part in rounds until ``max_rounds`` updates were sent or ``stop`` is set. With an
+    ``identity`` (X25519 private key) the merchant registers its public key and takes part in
+    secure-aggregation rounds; without one it skips them."""
     stop = stop or threading.Event()
     done = 0
+    handled: set[int] = set()  # secure rounds finished (or given up) in this process
+    if identity is not None:
+        client.register_public_key(public_key_of(identity))
     while not stop.is_set() and (max_rounds is None or done < max_rounds):
         try:
-            pending = [r for r in client.rounds() if r.my_update is None]
+            pending = [r for r in client.rounds() if r.my_update is None and r.id not in handled]
         except ApiError as exc:
             if exc.status in (401, 403):
                 raise
@@ -76,6 +85,25 @@ def run_merchant(
         for fl_round in pending:
             if stop.is_set():
                 break
+            if fl_round.secure_aggregation:
+                handled.add(fl_round.id)
+                if identity is None:
+                    logger.warning("round %s uses secure aggregation: no key file", fl_round.id)
+                    continue
+                try:
+                    update = participate_secure(
+                        client, trainer, fl_round, identity=identity, stop=stop
+                    )
+                except (ApiError, Dropped) as exc:
+                    reason = skip_reason(exc)
+                    if reason is None:
+                        raise
+                    logger.info("secure round %s: dropped out (%s)", fl_round.id, reason)
+                    continue
+                done += 1
+                if on_update:
+                    on_update(fl_round, update)
+                continue
             try:
                 update = participate(client, trainer, fl_round)
             except ApiError as exc:
@@ -116,6 +144,12 @@ def evaluate_pending(client: FlportalClient, trainer: Trainer) -> int:
     return count
 
 
+def default_key_file(token: str) -> str:
+    parts = token.split("_")
+    prefix = "".join(c for c in parts[1] if c.isalnum()) if len(parts) >= 3 else ""
+    return os.path.join("~", ".flportal", "keys", f"{prefix or 'default'}.key")
+
+
 def _parse_options(pairs: Sequence[str]) -> dict[str, str]:
     options: dict[str, str] = {}
     for pair in pairs:
@@ -154,6 +188,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0.0,
         help="local DP: Gaussian noise multiplier (std = multiplier x clip)",
     )
+    run.add_argument(
+        "--key-file",
+        default=os.environ.get("FLPORTAL_KEY_FILE"),
+        help="X25519 identity for secure aggregation, created with mode 0600 if missing "
+        "(default ~/.flportal/keys/<token prefix>.key)",
+    )
     commands.add_parser("rounds", help="list the open rounds this merchant is invited to")
     status = commands.add_parser("status", help="show my update for a round")
     status.add_argument("round_id", type=int)
@@ -190,6 +230,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 trainer = with_local_dp(
                     trainer, clip_norm=args.local_dp_clip, noise_multiplier=args.local_dp_noise
                 )
+            try:
+                identity, _ = load_or_create(args.key_file or default_key_file(args.token))
+            except KeyFileError as exc:
+                print(f"flportal-client: {exc}", file=sys.stderr)
+                return 2
             stop = threading.Event()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: stop.set())
@@ -206,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_rounds=args.max_rounds,
                 stop=stop,
                 on_update=report,
+                identity=identity,
             )
             logger.info("sent %d updates in %.1fs", count, time.monotonic() - started)
             return 0

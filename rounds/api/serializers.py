@@ -64,6 +64,35 @@ class PrivacyField(serializers.DictField):
     """A privacy settings object, passed whole to the service that validates it."""
 
 
+class SecureAggregationSchema(serializers.Serializer):
+    """Secure-aggregation settings ({} = off; ``rounds.services.secagg`` validates)."""
+
+    neighbours = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        help_text="SecAgg+ neighbours per merchant (even); null: everyone (plain SecAgg)",
+    )
+    threshold = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        help_text="Shamir threshold t; null: more than half of each merchant's share holders",
+    )
+    clip_range = serializers.FloatField(
+        required=False, default=1.0, help_text="each coordinate of a change is clipped to +-c"
+    )
+    max_weight = serializers.IntegerField(
+        required=False, default=100_000, help_text="a merchant's weight: min(examples, this)"
+    )
+    phase_seconds = serializers.IntegerField(
+        required=False, default=60, help_text="deadline of each key/share/unmask phase"
+    )
+
+
+@extend_schema_field(SecureAggregationSchema)
+class SecureAggregationField(serializers.DictField):
+    """Secure-aggregation settings, passed whole to the service that validates them."""
+
+
 class TensorSpecSerializer(serializers.Serializer):
     name = serializers.CharField()
     shape = serializers.ListField(child=serializers.IntegerField(min_value=1))
@@ -199,6 +228,7 @@ class FederatedModelOutput(serializers.ModelSerializer):
             "strategy_params",
             "training_hints",
             "privacy",
+            "secure_aggregation",
             "latest_version",
             "created_at",
         ]
@@ -225,6 +255,9 @@ class FederatedModelCreateInput(serializers.Serializer):
     strategy_params = serializers.DictField(required=False, default=dict)
     init = serializers.ChoiceField(choices=["random", "zeros", "none"], default="random")
     privacy = PrivacyField(required=False, help_text="central DP settings (optional)")
+    secure_aggregation = SecureAggregationField(
+        required=False, help_text="secure aggregation settings (optional)"
+    )
     seed = serializers.IntegerField(min_value=0, max_value=2**32 - 1, default=0)
 
 
@@ -280,6 +313,7 @@ class TemplateOutput(serializers.Serializer):
 class FederatedModelUpdateInput(serializers.Serializer):
     description = serializers.CharField(required=False, allow_blank=True)
     privacy = PrivacyField(required=False, help_text="{} turns DP off")
+    secure_aggregation = SecureAggregationField(required=False, help_text="{} turns it off")
     strategy = serializers.CharField(required=False)
     strategy_params = serializers.DictField(required=False)
     training_hints = serializers.DictField(required=False)

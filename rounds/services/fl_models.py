@@ -18,6 +18,7 @@ from flportal.errors import Conflict, NotFound, ValidationFailed
 from rounds import aggregation, artifacts, audit, templates
 from rounds.models import FederatedModel, ModelVersion, Round
 from rounds.services.privacy import parse_privacy
+from rounds.services.secagg import parse_secagg
 
 MAX_MODEL_PARAMS = 2_000_000_000
 _TENSOR_NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,256}$")
@@ -129,6 +130,7 @@ def fl_model_create_from_template(
     strategy_params: Any = None,
     seed: int = 0,
     privacy: Any = None,
+    secure_aggregation: Any = None,
     actor: AbstractBaseUser | None = None,
 ) -> FederatedModel:
     """Define a model from a template: its tensors, first weights, hints and strategy."""
@@ -144,6 +146,7 @@ def fl_model_create_from_template(
         strategy_params=strategy_params,
         initial=templates.template_init(chosen, sizes, seed=seed),
         privacy=privacy,
+        secure_aggregation=secure_aggregation,
         init="given",
         actor=actor,
     )
@@ -162,6 +165,7 @@ def fl_model_create(
     init: str = "random",
     seed: int = 0,
     privacy: Any = None,
+    secure_aggregation: Any = None,
     actor: AbstractBaseUser | None = None,
 ) -> FederatedModel:
     """Define a model and (unless ``init == "none"``) its first version."""
@@ -175,6 +179,9 @@ def fl_model_create(
     hints = parse_training_hints(training_hints)
     params = parse_strategy(strategy, strategy_params)
     dp_settings = parse_privacy(privacy, strategy=strategy)
+    secagg_settings = parse_secagg(
+        secure_aggregation, strategy=strategy, strategy_params=params, privacy=dp_settings
+    )
     if init not in {"random", "zeros", "none", "given"} or (init == "given") != (
         initial is not None
     ):
@@ -190,6 +197,7 @@ def fl_model_create(
                 strategy=strategy,
                 strategy_params=params,
                 privacy=dp_settings,
+                secure_aggregation=secagg_settings,
                 created_by=actor if actor is not None and actor.is_authenticated else None,
             )
             audit.record(kind="model.created", actor=actor, data={"model": slug})
@@ -222,6 +230,7 @@ def fl_model_update(
     training_hints: Any = None,
     description: str | None = None,
     privacy: Any = None,
+    secure_aggregation: Any = None,
     actor: AbstractBaseUser | None = None,
 ) -> FederatedModel:
     """Change how the model is trained. Applies from the next round that opens; a running
@@ -241,6 +250,13 @@ def fl_model_update(
         dp_given = fl_model.privacy if privacy is None else privacy
         changes["privacy"] = parse_privacy(
             dp_given, strategy=changes.get("strategy", fl_model.strategy)
+        )
+    if secure_aggregation is not None or changes.keys() & {"strategy", "privacy"}:
+        changes["secure_aggregation"] = parse_secagg(
+            fl_model.secure_aggregation if secure_aggregation is None else secure_aggregation,
+            strategy=changes.get("strategy", fl_model.strategy),
+            strategy_params=changes.get("strategy_params", fl_model.strategy_params),
+            privacy=changes.get("privacy", fl_model.privacy),
         )
     if description is not None:
         changes["description"] = description

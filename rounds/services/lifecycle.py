@@ -30,7 +30,7 @@ from flportal.errors import Conflict, NotFound, ValidationFailed
 from rounds import aggregation, artifacts, audit, broadcast
 from rounds.aggregation import AggregationError
 from rounds.models import FederatedModel, ModelVersion, Round, Update
-from rounds.services import privacy
+from rounds.services import privacy, secagg
 from rounds.services.fl_models import fl_model_specs, version_create, version_latest
 from rounds.services.selection import parse_selection, select_participants
 
@@ -151,7 +151,12 @@ def round_open(*, fl_round: Round) -> bool:
         eligible = chosen.eligible
         round_privacy: dict[str, Any] = {}
         if fl_model.privacy:
-            q = 1.0  # no amplification by sampling is claimed, even for a sampled selection
+            # The invited merchants are a uniformly random subset of the eligible ones, drawn
+            # from the OS's cryptographic source and never published to merchants: the round is
+            # accounted at sampling rate q = invited / eligible (1 when everyone is invited),
+            # with dp-accounting's Poisson-sampled Gaussian, the usual approximation of uniform
+            # fixed-size sampling in DP-FedAvg (McMahan et al. 2018).
+            q = min(1.0, chosen.invited / chosen.eligible) if chosen.eligible else 1.0
             try:
                 spent = privacy.check_budget(fl_model, q=q)
             except Conflict as exc:  # refused before it opens: nothing is released
@@ -177,6 +182,7 @@ def round_open(*, fl_round: Round) -> bool:
             strategy=fl_model.strategy,  # fixed for this round, whatever changes later
             strategy_params=fl_model.strategy_params,
             privacy=round_privacy,
+            secagg=fl_model.secure_aggregation,
         )
         if claimed != 1:
             return False
@@ -206,6 +212,8 @@ def round_open(*, fl_round: Round) -> bool:
             _fail(fl_round, shortfall)
         else:
             _announce(fl_round, "round.opened")
+            if fl_round.secagg:
+                secagg.begin(fl_round)
     return True
 
 
@@ -215,6 +223,12 @@ def round_close(*, fl_round: Round, actor: AbstractBaseUser | None = None) -> Ro
         locked = Round.objects.select_for_update().get(pk=fl_round.pk)
         if locked.status != Round.Status.OPEN:
             raise Conflict(f"The round is {locked.status}, not open.", code="round_not_open")
+        if locked.secagg:
+            raise Conflict(
+                "A secure-aggregation round closes when its unmasking phase completes; it "
+                "cannot be closed early (cancel it instead).",
+                code="secagg_round_closes_itself",
+            )
         submitted = _accepted(locked)
         if submitted < locked.min_updates:
             raise Conflict(
@@ -252,8 +266,9 @@ def rounds_tick(*, now: datetime | None = None) -> dict[str, int]:
         "opens_at", "number"
     ):
         counts["opened"] += int(round_open(fl_round=fl_round))
+    counts["secagg_phases"] = secagg.tick(now=now)
     for round_id in Round.objects.filter(
-        status=Round.Status.OPEN, deadline_at__lte=now
+        status=Round.Status.OPEN, deadline_at__lte=now, secagg_phase=""
     ).values_list("pk", flat=True):
         with transaction.atomic():
             locked = Round.objects.select_for_update().get(pk=round_id)
@@ -279,6 +294,13 @@ def round_aggregate(*, round_id: int) -> int | None:
     fl_round = _aggregating(round_id)
     if fl_round is None:
         return None
+    if fl_round.secagg:
+        try:
+            outcome, metrics, survivors = secagg.aggregate(fl_round)
+        except (AggregationError, codec.CodecError, OSError) as exc:
+            _fail_aggregation(round_id, exc)
+            return None
+        return _complete(fl_round, [], outcome, metrics=metrics, contributors=survivors)
     updates = _accepted_updates(fl_round)
     try:
         with _opened(fl_round, updates) as (arrays, current, state):
@@ -311,6 +333,7 @@ def round_aggregation_plan(*, round_id: int, min_params: int, slices: int) -> di
         or slices < 2
         or fl_round.strategy not in aggregation.PARALLEL
         or fl_round.privacy
+        or fl_round.secagg
     ):
         return None
     specs = fl_model_specs(fl_round.fl_model)
@@ -410,6 +433,7 @@ def round_snapshot(fl_round: Round) -> dict[str, Any]:
     )
     updates = list(latest[:SNAPSHOT_UPDATES])[::-1]  # sent on every upload: keep it bounded
     version = getattr(fl_round, "result_version", None) if fl_round.status == "completed" else None
+    secure = secagg.progress(fl_round)  # masked inputs count as submissions
     return {
         "id": fl_round.pk,
         "model": fl_round.fl_model.slug,
@@ -421,12 +445,13 @@ def round_snapshot(fl_round: Round) -> dict[str, Any]:
         else fl_round.fl_model.strategy_params,
         "aggregation": version.aggregation if version else {},
         "privacy": fl_round.privacy,
+        "secagg": secure,
         "min_updates": fl_round.min_updates,
         "target_updates": fl_round.target_updates,
         "participants": fl_round.participants.count(),
         "selection": fl_round.selection,
         "series": str(fl_round.series) if fl_round.series else None,
-        "submitted": _accepted(fl_round),
+        "submitted": secure["masked"] if secure else _accepted(fl_round),
         "base_version": fl_round.base_version.number if fl_round.base_version else None,
         "result_version": version.number if version else None,
         "metrics": version.metrics if version else {},
@@ -569,10 +594,18 @@ def _opened(fl_round: Round, updates: list[Update]) -> Iterator[tuple[list, dict
         yield arrays, current, state
 
 
-def _complete(fl_round: Round, updates: list[Update], outcome: aggregation.Outcome) -> int | None:
-    """Publish the outcome as the next version and complete the round (once, whoever wins)."""
+def _complete(
+    fl_round: Round,
+    updates: list[Update],
+    outcome: aggregation.Outcome,
+    *,
+    metrics: dict[str, float] | None = None,
+    contributors: int | None = None,
+) -> int | None:
+    """Publish the outcome as the next version and complete the round (once, whoever wins).
+    A secure-aggregation round has no individual updates: it passes its metrics and count."""
     round_id = fl_round.pk
-    metrics = _weighted_metrics(updates)
+    metrics = _weighted_metrics(updates) if metrics is None else metrics
     info = dict(outcome.info)
     if "kept" in info:
         info["kept"] = [updates[i].merchant.slug for i in info["kept"]]
@@ -614,7 +647,7 @@ def _complete(fl_round: Round, updates: list[Update], outcome: aggregation.Outco
                     fl_round=locked,
                     data={
                         "version": version.number,
-                        "participants": len(updates),
+                        "participants": len(updates) if contributors is None else contributors,
                         "strategy": locked.strategy,
                         "aggregation": info,
                         "metrics": metrics,

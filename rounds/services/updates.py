@@ -83,6 +83,12 @@ def check_can_submit(*, fl_round: Round, merchant: Merchant) -> None:
         raise NotFound(f"No round {fl_round.pk} for this merchant.", code="round_not_found")
     if not merchant.is_active:
         raise PermissionDenied(f"Merchant is {merchant.status}.", code="merchant_inactive")
+    if fl_round.secagg:
+        raise Conflict(
+            "This round uses secure aggregation: take part through its secagg phases; a plain "
+            "update would reveal your change to the server.",
+            code="secure_aggregation_required",
+        )
     if fl_round.status != Round.Status.OPEN:
         existing = Update.objects.filter(fl_round=fl_round, merchant=merchant).exists()
         if not existing:  # a retry of an accepted upload is still answered after closing
