@@ -494,3 +494,34 @@ def test_an_operator_cannot_close_a_secure_round_early_but_can_cancel_it(secure_
         members[0].advertise(fl_round.pk)
     assert refused.value.code == "round_not_open"
     assert services.rounds_tick(now=fl_round.phase_deadline_at)["secagg_phases"] == 0
+
+
+def test_operators_see_the_phase_progress_and_dropped_members_live(
+    secure_model, members, operator_client
+):
+    fl_round = _open(secure_model)
+    for m in members:
+        m.advertise(fl_round.pk)
+    for m in members[:3]:
+        m.share(fl_round.pk)
+    fl_round.refresh_from_db()
+    snapshot = services.round_snapshot(fl_round)
+    assert snapshot["secagg"] | {"phase_deadline_at": None} == {
+        "phase": "share",
+        "phase_deadline_at": None,
+        "threshold": 3,
+        "neighbours": 4,
+        "members": 5,
+        "advertised": 5,
+        "shared": 3,
+        "masked": 0,
+        "revealed": 0,
+        "dropped_after_sharing": 0,
+    }
+    page = operator_client.get(f"/rounds/{fl_round.pk}/").content.decode()
+    assert 'id="secagg-card"' in page and 'id="secagg-phase">share<' in page
+    assert 'data-secagg="shared">3<' in page and "masked inputs" in page
+    kinds = set(fl_round.events.values_list("kind", flat=True))
+    assert {"secagg.phase", "secagg.advertise", "secagg.share"} <= kinds
+    labels = set(fl_round.events.filter(kind="secagg.share").values_list("actor_label", flat=True))
+    assert labels == {f"merchant:{m.merchant.slug}" for m in members[:3]}

@@ -42,7 +42,23 @@
     const failure = byId("round-failure");
     failure.textContent = snapshot.failure_reason || "";
     failure.hidden = !snapshot.failure_reason;
+    renderSecagg(snapshot.secagg);
     tick();
+  }
+
+  // Secure-aggregation phase progress (present only for rounds that use it).
+  function renderSecagg(secagg) {
+    if (!secagg || !byId("secagg-card")) return;
+    setText("secagg-phase", secagg.phase || "done");
+    const deadline = byId("secagg-deadline");
+    if (deadline) {
+      deadline.dateTime = secagg.phase_deadline_at || "";
+      deadline.textContent = secagg.phase_deadline_at ? secagg.phase_deadline_at.slice(11, 19) : "—";
+    }
+    for (const node of root().querySelectorAll("[data-secagg]")) {
+      const value = secagg[node.dataset.secagg];
+      if (value !== undefined && value !== null) node.textContent = value;
+    }
   }
 
   function renderCounts(counts) {
