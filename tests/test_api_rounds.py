@@ -73,6 +73,8 @@ def test_the_list_shows_an_open_round_with_what_a_merchant_needs_to_train(
         f"/api/v1/models/{fl_round.fl_model.slug}/versions/1/weights"
     )
     assert item["my_update"] is None
+    # how the version was aggregated (e.g. which merchants Krum kept) is for operators only
+    assert "aggregation" not in item["base_version"] and "metrics" not in item["base_version"]
 
 
 def test_the_list_shows_my_update_once_i_have_sent_it(merchant, merchant_client, fl_round):

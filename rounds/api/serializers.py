@@ -128,6 +128,14 @@ class VersionOutput(serializers.ModelSerializer):
         return weights_url(version)
 
 
+class MerchantVersionOutput(VersionOutput):
+    """A version as merchants see it: no aggregation report (which merchants Krum kept, how
+    many updates were clipped, update norms) and no pooled metrics of other merchants."""
+
+    class Meta(VersionOutput.Meta):
+        fields = [f for f in VersionOutput.Meta.fields if f not in {"aggregation", "metrics"}]
+
+
 class UpdateOutput(serializers.ModelSerializer):
     round = serializers.IntegerField(source="fl_round_id")
     merchant = serializers.CharField(source="merchant.slug")
@@ -155,7 +163,7 @@ class MerchantRoundOutput(serializers.Serializer):
     model = serializers.CharField(source="fl_model.slug")
     status = serializers.CharField()
     deadline_at = serializers.DateTimeField(allow_null=True)
-    base_version = VersionOutput()
+    base_version = MerchantVersionOutput()
     training_hints = serializers.SerializerMethodField()
     tensors = TensorSpecSerializer(source="fl_model.tensors", many=True)
     secure_aggregation = serializers.SerializerMethodField()
