@@ -14,6 +14,7 @@ the norm -- adaptive clipping counts those flags, with noise, to move the norm.
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 from collections.abc import Mapping
@@ -25,6 +26,9 @@ from clients.sdk.training import Trainer, TrainResult
 
 ROUND_CLIP_HINT = "dp_clip_norm"
 WITHIN_CLIP_METRIC = "dp_within_clip"
+
+
+logger = logging.getLogger("flportal.client.privacy")
 
 
 def privatize(
@@ -105,7 +109,14 @@ def with_local_dp(
         private, info = privatize(
             result.weights, weights, clip_norm=clip_norm, noise_multiplier=noise_multiplier, rng=rng
         )
-        return TrainResult(private, result.num_examples, {**result.metrics, **info})
+        # the raw norm and whether it was clipped stay in the shop: sent along, they would
+        # leak exactly what the noise hides
+        logger.info(
+            "local DP: change norm %.4g, clipped %s",
+            info["local_dp_norm"],
+            bool(info["local_dp_clipped"]),
+        )
+        return TrainResult(private, result.num_examples, dict(result.metrics))
 
     evaluate = getattr(trainer, "evaluate", None)
     if evaluate is not None:
