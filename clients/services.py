@@ -20,6 +20,10 @@ from rounds import audit
 LAST_USED_GRANULARITY = timedelta(minutes=1)
 
 
+# Portal paths such as /merchants/new/ and /models/new/ must not be shadowed.
+RESERVED_SLUGS = frozenset({"new", "series", "settings"})
+
+
 def merchant_create(
     *,
     name: str,
@@ -37,6 +41,10 @@ def merchant_create(
     slug = slugify(slug or name)[:64]
     if not slug:
         raise ValidationFailed("Could not derive a slug from the name.", code="invalid_slug")
+    if slug in RESERVED_SLUGS:
+        raise ValidationFailed(
+            f"{slug!r} is reserved by the portal's URLs; choose another slug.", code="slug_reserved"
+        )
     if status not in Merchant.Status.values:
         raise ValidationFailed(f"Unknown status {status!r}.", code="invalid_status")
     if size_band and size_band not in Merchant.SizeBand.values:

@@ -472,3 +472,25 @@ def test_the_overview_group_gets_the_snapshot_without_its_update_list(
     page = async_to_sync(channel_layer.receive)("page-listener")
     assert "updates" not in overview["round"] and len(page["round"]["updates"]) == 2
     assert overview["round"]["submitted"] == page["round"]["submitted"] == 1
+
+
+def test_operators_get_a_cancel_button_and_viewers_do_not(
+    busy_round, operator_client, viewer_client
+):
+    page = operator_client.get(f"/rounds/{busy_round.pk}/").content.decode()
+    assert 'id="cancel-round"' in page
+    assert f'action="/rounds/{busy_round.pk}/cancel/"' in page
+    assert (
+        'id="cancel-round"' not in viewer_client.get(f"/rounds/{busy_round.pk}/").content.decode()
+    )
+    listing = operator_client.get("/rounds/").content.decode()
+    assert 'id="schedule-round-link"' in listing
+    assert 'id="schedule-round-link"' not in viewer_client.get("/rounds/").content.decode()
+    response = operator_client.post(
+        f"/rounds/{busy_round.pk}/cancel/", {"next": f"/rounds/{busy_round.pk}/"}
+    )
+    assert response.status_code == 302
+    busy_round.refresh_from_db()
+    assert busy_round.status == "cancelled"
+    page = operator_client.get(f"/rounds/{busy_round.pk}/").content.decode()
+    assert 'id="cancel-round"' not in page

@@ -797,3 +797,13 @@ def test_a_round_snapshot_lists_only_the_latest_updates_but_counts_them_all(
     snapshot = services.round_snapshot(fl_round)
     assert snapshot["submitted"] == 3
     assert [u["merchant"] for u in snapshot["updates"]] == [m.slug for m in merchants[1:]]
+
+
+@pytest.mark.parametrize("slug", ["new", "series"])
+def test_slugs_that_portal_urls_use_are_refused(slug):
+    with pytest.raises(ValidationFailed) as raised:
+        client_services.merchant_create(name="Shop", slug=slug)
+    assert raised.value.code == "slug_reserved"
+    with pytest.raises(ValidationFailed) as raised:
+        make_fl_model(slug=slug)
+    assert raised.value.code == "slug_reserved"

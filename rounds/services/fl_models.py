@@ -14,6 +14,7 @@ from django.db.models import Max
 from django.utils.text import slugify
 
 from clients.sdk import codec
+from clients.services import RESERVED_SLUGS
 from flportal.errors import Conflict, NotFound, ValidationFailed
 from rounds import aggregation, artifacts, audit, templates
 from rounds.models import FederatedModel, ModelVersion, Round
@@ -175,6 +176,10 @@ def fl_model_create(
     slug = slugify(slug or name)[:64]
     if not slug:
         raise ValidationFailed("Could not derive a slug from the name.", code="invalid_slug")
+    if slug in RESERVED_SLUGS:
+        raise ValidationFailed(
+            f"{slug!r} is reserved by the portal's URLs; choose another slug.", code="slug_reserved"
+        )
     specs = parse_tensor_specs(tensors)
     hints = parse_training_hints(training_hints)
     params = parse_strategy(strategy, strategy_params)
