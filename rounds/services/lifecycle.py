@@ -437,6 +437,7 @@ def round_snapshot(fl_round: Round) -> dict[str, Any]:
     return {
         "id": fl_round.pk,
         "model": fl_round.fl_model.slug,
+        "model_name": fl_round.fl_model.name,
         "number": fl_round.number,
         "status": fl_round.status,
         "strategy": fl_round.strategy or fl_round.fl_model.strategy,

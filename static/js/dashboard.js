@@ -10,6 +10,7 @@
   const charts = new Map(); // element id -> uPlot instance
   const ACTIVE = new Set(["open", "aggregating"]);
   const REFRESH_ON = new Set(["round.completed", "round.failed", "evaluation.received", "version.norms"]);
+  const MERCHANT_ACTIVITY = /^(update\.|weights\.|secagg\.|round\.opened)/;
   const COLORS = { loss: "#b42318", accuracy: "#1d5fbf", auc: "#1b7f3b", train: "#c9831a", grey: "#6b7785" };
 
   const seriesData = JSON.parse(document.getElementById("dashboard-series").textContent || "{}");
@@ -168,7 +169,7 @@
       el(
         "tr",
         { dataset: { model: snapshot.model, version: snapshot.result_version }, class: "fresh" },
-        el("td", {}, snapshot.model),
+        el("td", {}, snapshot.model_name || snapshot.model),
         el("td", {}, `v${snapshot.result_version}`),
         el("td", {}, el("a", { href: `/rounds/${snapshot.id}/` }, `#${snapshot.number}`)),
         el("td", { class: "num" }, metric(m.loss)),
@@ -191,6 +192,7 @@
     if (!snapshot) return;
     updateActive(snapshot);
     addVersion(snapshot);
+    if (MERCHANT_ACTIVITY.test(data.event)) refreshOnlineSoon();
     if (REFRESH_ON.has(data.event)) refetch(snapshot.model);
   }
 
@@ -207,8 +209,23 @@
       }, 150);
     }).observe(root);
   }
-  // merchants online is not pushed: refresh that card every minute
-  setInterval(() => live.refreshFragment("merchants-online-card").catch(() => {}), 60000);
+  // Merchants online is not pushed: re-read that card (and the headline count) every 30 s and
+  // shortly after merchant activity on any round.
+  let onlineTimer = null;
+  async function refreshOnline() {
+    try {
+      await live.refreshFragment("merchants-online-card");
+      const count = document.getElementById("merchants-online-count");
+      if (count) document.getElementById("stat-merchants-online").textContent = count.textContent;
+    } catch (error) {
+      // offline: the next tick tries again
+    }
+  }
+  function refreshOnlineSoon() {
+    clearTimeout(onlineTimer);
+    onlineTimer = setTimeout(refreshOnline, 1000);
+  }
+  setInterval(refreshOnline, 30000);
   if ("WebSocket" in window) {
     live.connect(root.dataset.wsPath, {
       onMessage,
