@@ -78,7 +78,7 @@ class Command(BaseCommand):
             group.worker()
             group.beat(Path(settings.VAR_DIR) / "celerybeat-schedule")
             wait_http(f"{base}/accounts/login/", group=group)
-            self._info(f"dashboard: {base}/rounds/  (log in as operator / {password})")
+            self._info(f"dashboard: {base}/  (log in as operator / {password})")
             for index, (slug, token) in enumerate(tokens):
                 group.merchant(
                     slug,
@@ -98,7 +98,7 @@ class Command(BaseCommand):
                 group=group,
             )
             if not options["headless"]:
-                self._info(f"all rounds done; the portal stays up at {base}/rounds/ — Ctrl-C stops")
+                self._info(f"all rounds done; the portal stays up at {base}/ — Ctrl-C stops")
                 while True:
                     group.check_alive()
                     time.sleep(1)
