@@ -82,6 +82,14 @@ class _SecAggView(MerchantApiView):
         code = status.HTTP_200_OK if not created else status.HTTP_201_CREATED
         return Response(SecAggStateOutput(state).data, status=code)
 
+    def _shares_message(self, request: Request, round_id: int, send: Any) -> Response:
+        """Share and reveal messages: ``{"shares": {index: base64}}`` to the phase's service."""
+        data = SharesInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        fl_round = round_for_merchant(round_id=round_id, merchant=self.merchant)
+        shares = _indexed(data.validated_data["shares"], field="shares")
+        return self._state(round_id, send(fl_round, self.merchant, shares))
+
 
 class SecAggStateApi(_SecAggView):
     @extend_schema(
@@ -117,12 +125,13 @@ class SecAggSharesApi(_SecAggView):
         summary="Share phase: one sealed share bundle per holder (my neighbours and me)",
     )
     def post(self, request: Request, round_id: int) -> Response:
-        data = SharesInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        fl_round = round_for_merchant(round_id=round_id, merchant=self.merchant)
-        sealed = _indexed(data.validated_data["shares"], field="shares")
-        created = secagg.share(fl_round=fl_round, merchant=self.merchant, sealed=sealed)
-        return self._state(round_id, created)
+        return self._shares_message(
+            request,
+            round_id,
+            lambda fl_round, merchant, shares: secagg.share(
+                fl_round=fl_round, merchant=merchant, sealed=shares
+            ),
+        )
 
 
 class SecAggMaskedApi(_SecAggView):
@@ -157,9 +166,10 @@ class SecAggRevealApi(_SecAggView):
         summary="Unmask phase: per neighbour, its share of b (survived) or of s (dropped)",
     )
     def post(self, request: Request, round_id: int) -> Response:
-        data = SharesInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        fl_round = round_for_merchant(round_id=round_id, merchant=self.merchant)
-        shares = _indexed(data.validated_data["shares"], field="shares")
-        created = secagg.reveal(fl_round=fl_round, merchant=self.merchant, shares=shares)
-        return self._state(round_id, created)
+        return self._shares_message(
+            request,
+            round_id,
+            lambda fl_round, merchant, shares: secagg.reveal(
+                fl_round=fl_round, merchant=merchant, shares=shares
+            ),
+        )

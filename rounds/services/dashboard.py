@@ -22,7 +22,14 @@ from clients.sdk.codec import CodecError
 from rounds import broadcast
 from rounds.aggregation import AggregationError
 from rounds.aggregation.norms import delta_norms, norm_summary
-from rounds.models import Evaluation, FederatedModel, ModelVersion, Round, Update
+from rounds.models import (
+    Evaluation,
+    FederatedModel,
+    ModelVersion,
+    Round,
+    SecAggParticipant,
+    Update,
+)
 from rounds.services.privacy import privacy_report
 
 logger = logging.getLogger(__name__)
@@ -61,6 +68,26 @@ def dashboard_overview(*, now: datetime | None = None) -> dict[str, Any]:
         "versions": latest_versions(),
         "models": list(FederatedModel.objects.order_by("name")[:MODELS_SHOWN]),
     }
+
+
+def submitted_count() -> Any:
+    """Per round (``OuterRef("pk")``): its accepted updates, or for a secure-aggregation round
+    its masked inputs (a round has only one kind, the other count is zero)."""
+    accepted = (
+        Update.objects.filter(fl_round=OuterRef("pk"), status=Update.Status.ACCEPTED)
+        .order_by()
+        .values("fl_round")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    masked = (
+        SecAggParticipant.objects.filter(fl_round=OuterRef("pk"), masked_at__isnull=False)
+        .order_by()
+        .values("fl_round")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return Coalesce(Subquery(accepted), 0) + Coalesce(Subquery(masked), 0)
 
 
 def merchants_online(*, now: datetime | None = None) -> dict[str, Any]:
@@ -134,18 +161,9 @@ def model_series(*, fl_model: FederatedModel, limit: int = SERIES_ROUNDS) -> dic
         .annotate(n=Count("pk"))
         .values("n")
     )
-    submitted = (
-        Update.objects.filter(fl_round=OuterRef("pk"), status=Update.Status.ACCEPTED)
-        .order_by()
-        .values("fl_round")
-        .annotate(n=Count("pk"))
-        .values("n")
-    )
     rounds = list(
         fl_model.rounds.filter(status__in=_FINISHED)
-        .annotate(
-            invited=Coalesce(Subquery(invited), 0), submitted=Coalesce(Subquery(submitted), 0)
-        )
+        .annotate(invited=Coalesce(Subquery(invited), 0), submitted=submitted_count())
         .order_by("-number")
         .values("pk", "number", "status", "invited", "submitted")[:limit]
     )[::-1]

@@ -8,15 +8,14 @@ from typing import Any
 
 from django import forms
 from django.core.paginator import Paginator
-from django.db.models import Count, OuterRef, Subquery
-from django.db.models.functions import Coalesce
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from flportal.roles import viewer_required
 from rounds.aggregation import LABELS
-from rounds.models import FederatedModel, Round, Update
+from rounds.models import FederatedModel, Round
 from rounds.services import live
+from rounds.services.dashboard import submitted_count
 
 ROUNDS_PER_PAGE = 50
 STATUS_CHOICES = [("", "Any status"), *Round.Status.choices]
@@ -41,16 +40,7 @@ def round_list(request: HttpRequest) -> HttpResponse:
             rounds = rounds.filter(fl_model=form.cleaned_data["model"])
         if form.cleaned_data["status"]:
             rounds = rounds.filter(status=form.cleaned_data["status"])
-    submitted = (
-        Update.objects.filter(fl_round=OuterRef("pk"), status=Update.Status.ACCEPTED)
-        .order_by()
-        .values("fl_round")
-        .annotate(n=Count("pk"))
-        .values("n")
-    )
-    rounds = rounds.annotate(submitted=Coalesce(Subquery(submitted), 0)).order_by(
-        "-created_at", "-pk"
-    )
+    rounds = rounds.annotate(submitted=submitted_count()).order_by("-created_at", "-pk")
     page = Paginator(rounds, ROUNDS_PER_PAGE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
