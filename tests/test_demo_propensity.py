@@ -285,3 +285,15 @@ def test_make_trainer_coerces_strings_and_trains():
     next_round = train(start, {**hints, "round": 4})
     assert not np.array_equal(next_round.weights["weight"], result.weights["weight"])
     assert train(start, {}).num_examples == len(shop.train)
+
+
+@needs_data
+def test_a_paced_shop_takes_its_time_and_keeps_evaluation(monkeypatch):
+    slept: list[float] = []
+    monkeypatch.setattr("flportal.demo.propensity.time.sleep", slept.append)
+    paced = make_trainer(shop="0", shops="2", pace="2")
+    assert hasattr(paced, "evaluate")
+    result = paced(init_weights(), {"round": 1, "epochs": 1})
+    assert result.num_examples > 0 and len(slept) == 1 and 1.0 <= slept[0] <= 3.0
+    with pytest.raises(ValueError):
+        make_trainer(shop="0", shops="2", pace="soon")

@@ -45,6 +45,13 @@ class Command(BaseCommand):
         parser.add_argument("--headless", action="store_true", help="exit when the rounds finish")
         parser.add_argument("--json", action="store_true", help="one JSON object per round")
         parser.add_argument(
+            "--pace",
+            type=float,
+            default=None,
+            help="seconds each shop takes per round (default 2 when the portal stays up, so "
+            "rounds can be watched; 0 with --headless)",
+        )
+        parser.add_argument(
             "--secure",
             action="store_true",
             help="secure aggregation: the server only ever sees the sum of the shops' changes",
@@ -55,6 +62,9 @@ class Command(BaseCommand):
         if not 1 <= shops <= 20 or not 1 <= rounds <= 200:
             raise CommandError("--merchants must be within [1, 20] and --rounds within [1, 200]")
         self.json = options["json"]
+        pace = options["pace"] if options["pace"] is not None else 0 if options["headless"] else 2
+        if not 0 <= pace <= 60:
+            raise CommandError("--pace must be within [0, 60] seconds")
         try:
             _, holdout = demo_data.partition(shops=shops, seed=options["seed"])
         except demo_data.DatasetUnavailable as exc:
@@ -85,7 +95,12 @@ class Command(BaseCommand):
                     url=base,
                     token=token,
                     trainer=TRAINER,
-                    options={"shop": index, "shops": shops, "seed": options["seed"]},
+                    options={
+                        "shop": index,
+                        "shops": shops,
+                        "seed": options["seed"],
+                        "pace": pace,
+                    },
                 )
             if options["secure"]:
                 self._wait_for_keys([slug for slug, _ in tokens], group)
@@ -98,10 +113,23 @@ class Command(BaseCommand):
                 group=group,
             )
             if not options["headless"]:
-                self._info(f"all rounds done; the portal stays up at {base}/ — Ctrl-C stops")
-                while True:
-                    group.check_alive()
-                    time.sleep(1)
+                self._info(
+                    f"first {rounds} rounds done; a new round every 10 s from now on, "
+                    f"watch them at {base}/ — Ctrl-C stops"
+                )
+                while True:  # keep the federation going for people watching the portal
+                    for _ in range(10):
+                        group.check_alive()
+                        time.sleep(1)
+                    self._run_rounds(
+                        fl_model,
+                        rounds=1,
+                        shops=shops,
+                        holdout=holdout,
+                        timeout=options["round_timeout"],
+                        group=group,
+                        header=False,
+                    )
         except KeyboardInterrupt:
             self._info("stopping…")
         finally:
@@ -177,13 +205,14 @@ class Command(BaseCommand):
         holdout: demo_data.Shard,
         timeout: int,
         group: ProcessGroup,
+        header: bool = True,
     ) -> None:
         created = [
             services.round_create(fl_model=fl_model, min_updates=shops, duration_seconds=timeout)
             for _ in range(rounds)
         ]
         base_metrics = propensity.evaluate(propensity.init_weights(), holdout)
-        if not self.json:
+        if header and not self.json:
             self._say(
                 f"{'round':>5} {'version':>7} {'merchants':>9} {'loss':>7} {'accuracy':>8} "
                 f"{'auc':>6} {'seconds':>7}"
