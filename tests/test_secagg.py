@@ -525,3 +525,34 @@ def test_operators_see_the_phase_progress_and_dropped_members_live(
     assert {"secagg.phase", "secagg.advertise", "secagg.share"} <= kinds
     labels = set(fl_round.events.filter(kind="secagg.share").values_list("actor_label", flat=True))
     assert labels == {f"merchant:{m.merchant.slug}" for m in members[:3]}
+
+
+def test_the_live_view_counts_masked_inputs_as_submissions_and_describes_each_phase(
+    secure_model, members
+):
+    from rounds.services import live
+
+    fl_round = _open(secure_model)
+    for m in members:
+        m.advertise(fl_round.pk)
+    for m in members:
+        m.share(fl_round.pk)
+    for m in members[:2]:
+        m.mask(fl_round.pk)
+    fl_round.refresh_from_db()
+    assert live.round_counts(fl_round) == {  # the other three have not fetched the weights yet
+        "invited": 3,
+        "downloaded": 0,
+        "submitted": 2,
+        "rejected": 0,
+        "dropped": 0,
+    }
+    rows = {row["merchant"]: row for row in live.round_participants(fl_round)}
+    for m in members[:2]:
+        row = rows[m.merchant.slug]
+        assert row["status"] == "submitted" and row["num_examples"] is None
+    texts = [entry["text"] for entry in live.round_feed(fl_round)]
+    slug = members[0].merchant.slug
+    assert f"{slug} uploaded its masked input" in texts
+    assert f"{slug} advertised its mask key" in texts
+    assert any(t.startswith("Secure aggregation: mask phase, 5 members") for t in texts)

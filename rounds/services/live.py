@@ -12,11 +12,11 @@ from datetime import datetime
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Count, Exists, OuterRef
+from django.db.models import Count, Exists, F, IntegerField, OuterRef, QuerySet, Value
 
 from clients.models import Merchant
 from rounds import audit, broadcast
-from rounds.models import Event, ModelVersion, Round, Update
+from rounds.models import Event, ModelVersion, Round, SecAggParticipant, Update
 from rounds.services.dashboard import evaluation_means
 
 PARTICIPANTS_SHOWN = 200
@@ -65,17 +65,33 @@ def round_download_record(*, merchant: Merchant, version: ModelVersion) -> list[
     return recorded
 
 
+def _submissions(fl_round: Round) -> QuerySet:
+    """The round's submissions with merchant_id, status, reason, created_at, num_examples: its
+    updates, or for a secure-aggregation round its masked inputs (whose examples stay masked)."""
+    if not fl_round.secagg:
+        return Update.objects.filter(fl_round=fl_round)
+    return SecAggParticipant.objects.filter(fl_round=fl_round, masked_at__isnull=False).annotate(
+        status=Value(Update.Status.ACCEPTED.value),
+        reason=Value(""),
+        created_at=F("masked_at"),
+        num_examples=Value(None, output_field=IntegerField()),
+    )
+
+
 def round_counts(fl_round: Round) -> dict[str, int]:
     """How many participants are in each status; the statuses exclude each other and add up to
     the number invited. ``invited`` counts those who have done nothing yet."""
     invited = fl_round.participants.count()
-    by_status = dict(
-        Update.objects.filter(fl_round=fl_round)
-        .order_by()
-        .values("status")
-        .annotate(n=Count("id"))
-        .values_list("status", "n")
-    )
+    if fl_round.secagg:
+        by_status = {Update.Status.ACCEPTED: _submissions(fl_round).count()}
+    else:
+        by_status = dict(
+            Update.objects.filter(fl_round=fl_round)
+            .order_by()
+            .values("status")
+            .annotate(n=Count("id"))
+            .values_list("status", "n")
+        )
     submitted = by_status.get(Update.Status.ACCEPTED, 0)
     rejected = by_status.get(Update.Status.REJECTED, 0)
     idle = max(0, invited - submitted - rejected)
@@ -83,7 +99,7 @@ def round_counts(fl_round: Round) -> dict[str, int]:
         return _counts(submitted=submitted, rejected=rejected, dropped=idle)
     downloaded = (
         Event.objects.filter(fl_round=fl_round, kind=DOWNLOADED, merchant__isnull=False)
-        .exclude(merchant_id__in=Update.objects.filter(fl_round=fl_round).values("merchant_id"))
+        .exclude(merchant_id__in=_submissions(fl_round).values("merchant_id"))
         .order_by()
         .values("merchant_id")
         .distinct()
@@ -118,9 +134,9 @@ def round_participants(
     }
     updates = {
         u["merchant_id"]: u
-        for u in Update.objects.filter(fl_round=fl_round, merchant_id__in=names).values(
-            "merchant_id", "status", "reason", "created_at", "num_examples"
-        )
+        for u in _submissions(fl_round)
+        .filter(merchant_id__in=names)
+        .values("merchant_id", "status", "reason", "created_at", "num_examples")
     }
     downloads: dict[int, datetime] = {}
     for merchant_id, at in (
@@ -191,6 +207,18 @@ def describe(event: Event) -> str:
         ),
         "round.failed": lambda: f"Failed: {data.get('reason', '')}",
         "round.cancelled": lambda: f"Cancelled by {event.actor_label or 'system'}",
+        "secagg.phase": lambda: (
+            f"Secure aggregation: {data.get('phase')} phase, {data.get('members', '?')} members"
+            + (f", {data['dropped']} dropped" if data.get("dropped") else "")
+        ),
+        "secagg.advertise": lambda: f"{who} advertised its mask key",
+        "secagg.share": lambda: f"{who} shared its secrets (sealed for each holder)",
+        "secagg.mask": lambda: f"{who} uploaded its masked input",
+        "secagg.unmask": lambda: f"{who} revealed the shares needed for unmasking",
+        "secagg.excluded": lambda: (
+            f"Left out of secure aggregation ({data.get('reason', '')}): "
+            + ", ".join(data.get("merchants", []))
+        ),
         "evaluation.received": lambda: (
             f"{who} evaluated v{data.get('version')} on {data.get('num_examples', '?')} "
             "held-out examples" + _metrics_text(data.get("metrics"), prefix=": ")
@@ -278,7 +306,7 @@ def _recently_active(fl_round: Round, limit: int) -> list[int]:
     """The ``limit`` participants who submitted or downloaded most recently."""
     latest: dict[int, datetime] = {}
     updates = (
-        Update.objects.filter(fl_round=fl_round)
+        _submissions(fl_round)
         .order_by("-created_at", "-pk")
         .values_list("merchant_id", "created_at")[:limit]
     )
