@@ -122,5 +122,8 @@ def test_five_merchants_one_drops_after_sharing_and_the_server_sees_only_the_sum
         for needle in (flat[:32], flat[-32:], codec.encode(weights)[-32:]):
             assert not any(needle in blob for blob in blobs)
     assert not fl_round.updates.exists()
+    # only the trainer's scalar metrics travel in the clear, nothing derived from the change
+    reported = SecAggParticipant.objects.filter(fl_round=fl_round, masked_at__isnull=False)
+    assert [sorted(m.metrics) for m in reported] == [["loss"]] * 4
     phases = [e.data["phase"] for e in fl_round.events.filter(kind="secagg.phase").order_by("id")]
     assert phases == ["advertise", "share", "mask", "unmask"]

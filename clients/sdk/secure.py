@@ -13,8 +13,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from clients.sdk import secagg as sa
 from clients.sdk.client import ApiError, FlportalClient, RoundInfo
 from clients.sdk.training import Trainer
@@ -78,7 +76,6 @@ def participate_secure(
     session.open_shares(state["neighbours"], state["shares"])
     names = [spec.name for spec in fl_round.tensors] or sorted(base)
     delta = sa.flatten_delta(result.weights, base, names)
-    norm_before = float(np.linalg.norm(delta))
     if state.get("l2_clip_norm"):
         delta, _ = sa.l2_clip(delta, float(state["l2_clip_norm"]))
     quantizer = sa.Quantizer(
@@ -88,8 +85,8 @@ def participate_secure(
     )
     weight = max(1, min(int(result.num_examples), quantizer.max_weight))
     masked = session.masked_input(state["neighbours"], delta, weight=weight, quantizer=quantizer)
-    metrics = {**result.metrics, "update_norm": norm_before}
-    client.secagg_masked(fl_round.id, masked, metrics=metrics)
+    # only the trainer's own scalar metrics travel in the clear; nothing derived from the change
+    client.secagg_masked(fl_round.id, masked, metrics=dict(result.metrics))
     done("mask")
 
     state = wait_for("unmask")
