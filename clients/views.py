@@ -6,9 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import messages
-from django.core.paginator import Page, Paginator
-from django.db.models import Count, F, FloatField, OrderBy, OuterRef, Q, QuerySet, Subquery
-from django.db.models.functions import Cast, Coalesce, NullIf
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
@@ -17,27 +14,16 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from clients import services
 from clients.forms import MerchantCreateForm, MerchantFilterForm, MerchantStatusForm, TokenIssueForm
 from clients.models import ApiToken, Merchant
+from clients.selectors import (
+    STAT_SORTS,
+    distinct_values,
+    merchant_history,
+    merchant_page,
+    merchants_filtered,
+    with_participation,
+)
 from flportal.errors import DomainError
 from flportal.roles import is_operator, operator_required, viewer_required
-from rounds.models import Round, Update
-
-MERCHANTS_PER_PAGE = 50
-HISTORY_PER_PAGE = 25
-
-Participation = Round.participants.through
-
-# Column key -> the expression the list orders by (ties broken by name, then id).
-_SORTS: dict[str, str] = {
-    "name": "name",
-    "status": "status",
-    "category": "category",
-    "region": "region",
-    "created": "created_at",
-    "last_seen": "last_seen_at",
-    "rounds": "rounds_joined",
-    "acceptance": "acceptance_rate",
-}
-_STAT_SORTS = {"rounds", "acceptance"}
 
 # What an operator may do from each status, as (button id, label, target status).
 _STATUS_ACTIONS: dict[str, list[tuple[str, str, str]]] = {
@@ -48,55 +34,6 @@ _STATUS_ACTIONS: dict[str, list[tuple[str, str, str]]] = {
     Merchant.Status.ACTIVE: [("suspend", "Suspend", Merchant.Status.SUSPENDED)],
     Merchant.Status.SUSPENDED: [("reactivate", "Reactivate", Merchant.Status.ACTIVE)],
 }
-
-
-# --- participation statistics -------------------------------------------------------------------
-
-
-def _count_per_merchant(rows: QuerySet) -> Coalesce:
-    counted = rows.filter(merchant_id=OuterRef("pk")).order_by().values("merchant_id")
-    return Coalesce(Subquery(counted.annotate(n=Count("pk")).values("n")[:1]), 0)
-
-
-def with_participation(merchants: QuerySet[Merchant]) -> QuerySet[Merchant]:
-    """Annotate rounds joined (invited), accepted updates and their ratio, one subquery each."""
-    accepted = Update.objects.filter(status=Update.Status.ACCEPTED)
-    return merchants.annotate(
-        rounds_joined=_count_per_merchant(Participation.objects.all()),
-        accepted_updates=_count_per_merchant(accepted),
-    ).annotate(
-        acceptance_rate=Cast("accepted_updates", FloatField())
-        / NullIf(Cast("rounds_joined", FloatField()), 0.0)
-    )
-
-
-def _ordering(sort: str) -> list[OrderBy | str]:
-    key = sort.lstrip("-")
-    field = F(_SORTS.get(key, "name"))
-    first = field.desc(nulls_last=True) if sort.startswith("-") else field.asc(nulls_last=True)
-    return [first, "name", "pk"]
-
-
-def _merchant_page(merchants: QuerySet[Merchant], sort: str, number: Any) -> Page:
-    """One page of merchants with their statistics, computed for that page only.
-
-    The page's ids come from one ordered ``LIMIT`` query (plus a ``COUNT`` for the navigation);
-    the statistics subqueries then run for those 50 rows, not for every merchant. Only sorting
-    by a statistic has to compute it for every merchant that matches the filters.
-    """
-    if sort.lstrip("-") in _STAT_SORTS:
-        merchants = with_participation(merchants)
-    ids = merchants.order_by(*_ordering(sort)).values_list("pk", flat=True)
-    page = Paginator(ids, MERCHANTS_PER_PAGE).get_page(number)
-    page_ids = list(page.object_list)
-    rows = with_participation(Merchant.objects.filter(pk__in=page_ids)).in_bulk()
-    page.object_list = [rows[pk] for pk in page_ids]
-    return page
-
-
-def _distinct(field: str) -> list[str]:
-    values = Merchant.objects.exclude(**{field: ""}).order_by(field).values_list(field, flat=True)
-    return list(values.distinct())
 
 
 def _query_without(request: HttpRequest, *keys: str, **values: Any) -> str:
@@ -115,14 +52,14 @@ def _query_without(request: HttpRequest, *keys: str, **values: Any) -> str:
 @require_GET
 def merchant_list(request: HttpRequest) -> HttpResponse:
     form = MerchantFilterForm(
-        request.GET, categories=_distinct("category"), regions=_distinct("region")
+        request.GET, categories=distinct_values("category"), regions=distinct_values("region")
     )
     merchants = Merchant.objects.all()
     sort = "name"
     if form.is_valid():
-        merchants = _filtered(merchants, form.cleaned_data)
+        merchants = merchants_filtered(merchants, form.cleaned_data)
         sort = form.cleaned_data["sort"] or "name"
-    page = _merchant_page(merchants, sort, request.GET.get("page"))
+    page = merchant_page(merchants, sort, request.GET.get("page"))
     columns = []
     for key, label in [
         ("name", "Merchant"),
@@ -143,7 +80,7 @@ def merchant_list(request: HttpRequest) -> HttpResponse:
                 "query": _query_without(request, "page", sort=target),
                 "direction": ("descending" if descending else "ascending") if current else "",
                 "arrow": ("\u25bc" if descending else "\u25b2") if current else "",
-                "numeric": key in _STAT_SORTS,
+                "numeric": key in STAT_SORTS,
             }
         )
     context = {
@@ -154,18 +91,6 @@ def merchant_list(request: HttpRequest) -> HttpResponse:
         "can_act": is_operator(request.user),
     }
     return render(request, "clients/merchant_list.html", context)
-
-
-def _filtered(merchants: QuerySet[Merchant], data: dict[str, Any]) -> QuerySet[Merchant]:
-    if data["q"].strip():
-        term = data["q"].strip()
-        merchants = merchants.filter(
-            Q(name__icontains=term) | Q(slug__icontains=term) | Q(contact_email__icontains=term)
-        )
-    for field in ("status", "category", "region"):
-        if data[field]:
-            merchants = merchants.filter(**{field: data[field]})
-    return merchants
 
 
 @operator_required
@@ -205,33 +130,6 @@ def _merchant_or_404(slug: str) -> Merchant:
     return merchant
 
 
-def _history(merchant: Merchant, number: Any) -> Page:
-    """The rounds the merchant was invited to, newest first, each with its update (or none)."""
-    rounds = (
-        Round.objects.filter(participants=merchant)
-        .select_related("fl_model")
-        .order_by("-created_at", "-id")
-    )
-    page = Paginator(rounds, HISTORY_PER_PAGE).get_page(number)
-    fl_rounds = list(page.object_list)
-    updates = {
-        u.fl_round_id: u
-        for u in Update.objects.filter(merchant=merchant, fl_round__in=[r.pk for r in fl_rounds])
-    }
-    rows = []
-    for fl_round in fl_rounds:
-        update = updates.get(fl_round.pk)
-        if update is not None:
-            outcome = update.status
-        elif fl_round.status in (Round.Status.SCHEDULED, Round.Status.OPEN):
-            outcome = "invited"
-        else:
-            outcome = "dropped"
-        rows.append({"fl_round": fl_round, "update": update, "outcome": outcome})
-    page.object_list = rows
-    return page
-
-
 def _detail_context(request: HttpRequest, merchant: Merchant, **extra: Any) -> dict[str, Any]:
     stats = with_participation(Merchant.objects.filter(pk=merchant.pk)).values(
         "rounds_joined", "accepted_updates", "acceptance_rate"
@@ -240,7 +138,7 @@ def _detail_context(request: HttpRequest, merchant: Merchant, **extra: Any) -> d
         "merchant": merchant,
         "stats": stats,
         "tokens": merchant.tokens.select_related("created_by"),
-        "history": _history(merchant, request.GET.get("page")),
+        "history": merchant_history(merchant, request.GET.get("page")),
         "can_act": is_operator(request.user),
         "status_actions": _STATUS_ACTIONS[Merchant.Status(merchant.status)],
         "token_form": TokenIssueForm(),
