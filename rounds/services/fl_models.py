@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Count, IntegerField, Max, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.utils.text import slugify
 
 from clients.sdk import codec
@@ -337,3 +338,23 @@ def fl_model_get(*, slug: str) -> FederatedModel:
 
 def version_latest(fl_model: FederatedModel) -> ModelVersion | None:
     return fl_model.versions.order_by("-number").first()
+
+
+def fl_models_overview() -> QuerySet[FederatedModel]:
+    """Every model, by name, with its latest version (number, time), how many rounds it has had
+    and the status of its last round: one query for the models page."""
+    latest = ModelVersion.objects.filter(fl_model=OuterRef("pk")).order_by("-number")
+    last_round = Round.objects.filter(fl_model=OuterRef("pk")).order_by("-number")
+    rounds_count = (
+        Round.objects.filter(fl_model=OuterRef("pk"))
+        .order_by()
+        .values("fl_model")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return FederatedModel.objects.annotate(
+        latest_version=Subquery(latest.values("number")[:1]),
+        latest_at=Subquery(latest.values("created_at")[:1]),
+        rounds_count=Coalesce(Subquery(rounds_count, output_field=IntegerField()), 0),
+        last_round_status=Subquery(last_round.values("status")[:1]),
+    ).order_by("name")

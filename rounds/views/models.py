@@ -8,8 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
-from django.db.models import Count, IntegerField, OuterRef, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
 from django.utils.http import parse_etags
@@ -20,7 +19,7 @@ from flportal.errors import DomainError
 from flportal.roles import is_operator, operator_required, viewer_required
 from rounds import aggregation, artifacts, services
 from rounds.forms import ModelSettingsForm, TemplateModelForm, UploadModelForm, VersionUploadForm
-from rounds.models import FederatedModel, ModelVersion, Round
+from rounds.models import FederatedModel, ModelVersion
 from rounds.services.privacy import privacy_report
 from rounds.services.selection import describe
 from rounds.templates import TEMPLATES
@@ -80,21 +79,7 @@ def _put_error(form: Any, exc: DomainError, fields: dict[str, str]) -> None:
 @viewer_required
 @require_GET
 def model_list(request: HttpRequest) -> HttpResponse:
-    latest = ModelVersion.objects.filter(fl_model=OuterRef("pk")).order_by("-number")
-    last_round = Round.objects.filter(fl_model=OuterRef("pk")).order_by("-number")
-    rounds_count = (
-        Round.objects.filter(fl_model=OuterRef("pk"))
-        .order_by()
-        .values("fl_model")
-        .annotate(n=Count("pk"))
-        .values("n")
-    )
-    models = FederatedModel.objects.annotate(
-        latest_version=Subquery(latest.values("number")[:1]),
-        latest_at=Subquery(latest.values("created_at")[:1]),
-        rounds_count=Coalesce(Subquery(rounds_count, output_field=IntegerField()), 0),
-        last_round_status=Subquery(last_round.values("status")[:1]),
-    ).order_by("name")
+    models = services.fl_models_overview()
     rows = [
         {
             "fl_model": m,
