@@ -209,6 +209,9 @@ class Member:
         state = self.client.secagg_state(round_id)
         self.session.open_shares(state["neighbours"], state["shares"])
         delta = sa.flatten_delta(self.weights, base, [t.name for t in info.tensors])
+        if state["l2_clip_norm"]:  # DP: clip the change on the client, as the SDK does
+            delta, _ = sa.l2_clip(delta, state["l2_clip_norm"])
+        self.sent_delta = delta
         q = sa.Quantizer(
             clip_range=state["clip_range"],
             max_weight=state["max_weight"],
@@ -556,3 +559,51 @@ def test_the_live_view_counts_masked_inputs_as_submissions_and_describes_each_ph
     assert f"{slug} uploaded its masked input" in texts
     assert f"{slug} advertised its mask key" in texts
     assert any(t.startswith("Secure aggregation: mask phase, 5 members") for t in texts)
+
+
+def test_dp_and_secure_aggregation_together_clip_on_clients_and_noise_the_unmasked_sum(
+    members, django_capture_on_commit_callbacks, aggregate_calls
+):
+    from rounds.services.privacy import privacy_report
+
+    clip, sigma = 0.05, 0.5
+    fl_model = make_fl_model(
+        slug="secure-dp",
+        tensors=TENSORS,
+        init="random",
+        privacy={
+            "clip_norm": clip,
+            "noise_multiplier": sigma,
+            "delta": 1e-5,
+            "epsilon_budget": 50.0,
+            "clip_mode": "client",
+        },
+        secure_aggregation={"phase_seconds": 30},
+    )
+    fl_round = _open(fl_model, min_updates=5)
+    assert fl_round.secagg["max_weight"] == 1 and fl_round.secagg["l2_clip_norm"] == clip
+    for phase in ("advertise", "share", "mask"):
+        for m in members:
+            getattr(m, phase)(fl_round.pk)
+    with django_capture_on_commit_callbacks(execute=True):
+        for m in members:
+            m.reveal(fl_round.pk)
+    assert services.round_aggregate(round_id=fl_round.pk) == 2
+    fl_round.refresh_from_db()
+    version = fl_round.result_version
+    assert all(np.linalg.norm(m.sent_delta) <= clip * (1 + 1e-9) for m in members)
+    with artifacts.local_path(fl_round.base_version.weights.name) as path:
+        base = codec.decode(path.read_bytes())
+    with artifacts.local_path(version.weights.name) as path:
+        result = codec.decode(path.read_bytes())
+    names = [t["name"] for t in TENSORS]
+    got = sa.flatten_delta(result, base, names)
+    mean = sum(m.sent_delta for m in members) / len(members)
+    noise = got - mean  # what the server added: N(0, (sigma * C / n)^2) per coordinate
+    expected_std = sigma * clip / len(members)
+    assert version.aggregation["noise_std"] == pytest.approx(expected_std)
+    # 18 coordinates: wide enough never to flake, narrow enough to catch no noise or a wrong /n
+    assert 0.3 * expected_std < noise.std() < 2.2 * expected_std
+    assert version.aggregation["epsilon_after"] == fl_round.privacy["epsilon_after"] > 0
+    ledger = privacy_report(fl_model)["ledger"]
+    assert [entry["round"] for entry in ledger] == [fl_round.number]
