@@ -78,6 +78,23 @@ class MerchantFilterForm(forms.Form):
     )
     category = forms.CharField(max_length=64, required=False)
     region = forms.CharField(max_length=64, required=False)
+    seen = forms.ChoiceField(
+        choices=[
+            ("", "any time"),
+            ("1h", "in the last hour"),
+            ("1d", "in the last day"),
+            ("7d", "in the last 7 days"),
+            ("never", "never"),
+        ],
+        required=False,
+        label="Last seen",
+    )
+    min_rounds = forms.IntegerField(
+        min_value=0, max_value=10**9, required=False, label="Rounds joined at least"
+    )
+    min_acceptance = forms.IntegerField(
+        min_value=0, max_value=100, required=False, label="Acceptance rate at least (%)"
+    )
     sort = forms.ChoiceField(
         choices=SORT_CHOICES + [(f"-{key}", f"{label}, descending") for key, label in SORT_CHOICES],
         required=False,

@@ -4,11 +4,13 @@ Business rules that change state live in ``clients.services``."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.core.paginator import Page, Paginator
 from django.db.models import Count, F, FloatField, OrderBy, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Cast, Coalesce, NullIf
+from django.utils import timezone
 
 from clients.models import Merchant
 from rounds.models import Round, Update
@@ -30,6 +32,7 @@ _SORTS: dict[str, str] = {
     "acceptance": "acceptance_rate",
 }
 STAT_SORTS = {"rounds", "acceptance"}
+SEEN_WINDOWS = {"1h": timedelta(hours=1), "1d": timedelta(days=1), "7d": timedelta(days=7)}
 
 # --- participation statistics -------------------------------------------------------------------
 
@@ -84,6 +87,17 @@ def merchants_filtered(merchants: QuerySet[Merchant], data: dict[str, Any]) -> Q
     for field in ("status", "category", "region"):
         if data[field]:
             merchants = merchants.filter(**{field: data[field]})
+    seen = data.get("seen")
+    if seen == "never":
+        merchants = merchants.filter(last_seen_at__isnull=True)
+    elif seen:
+        merchants = merchants.filter(last_seen_at__gte=timezone.now() - SEEN_WINDOWS[seen])
+    if data.get("min_rounds") is not None or data.get("min_acceptance") is not None:
+        merchants = with_participation(merchants)  # like sorting by a statistic: every match
+        if data.get("min_rounds") is not None:
+            merchants = merchants.filter(rounds_joined__gte=data["min_rounds"])
+        if data.get("min_acceptance") is not None:
+            merchants = merchants.filter(acceptance_rate__gte=data["min_acceptance"] / 100)
     return merchants
 
 

@@ -127,6 +127,23 @@ def test_rounds_joined_and_acceptance_rate_are_shown_and_sortable(operator_clien
     assert _slugs(operator_client.get("/merchants/?sort=-name")) == ["gamma", "beta", "alpha"]
 
 
+def test_filters_by_last_seen_rounds_joined_and_acceptance_rate(operator_client):
+    _participation_fixture()
+
+    def slugs(query: str) -> list[str]:
+        return _slugs(operator_client.get(f"/merchants/?{query}"))
+
+    assert slugs("seen=1h") == ["beta"]
+    assert slugs("seen=1d") == ["alpha", "beta"]
+    assert slugs("seen=never") == ["gamma"]
+    assert slugs("min_rounds=2") == ["alpha", "beta"]
+    assert slugs("min_acceptance=75") == ["alpha"]
+    assert slugs("min_acceptance=50&sort=acceptance") == ["beta", "alpha"]
+    assert slugs("min_rounds=1&seen=1h&sort=-rounds") == ["beta"]
+    response = operator_client.get("/merchants/?min_acceptance=101")
+    assert response.status_code == 200 and "The filters were ignored" in response.content.decode()
+
+
 def test_sort_links_toggle_and_keep_the_filters(operator_client):
     MerchantFactory(slug="a", name="A")
     html = operator_client.get("/merchants/?status=active&sort=rounds&page=1").content.decode()
