@@ -1,9 +1,8 @@
 """MovieLens-100K explicit ratings, split across simulated shops for federated recommenders.
 
 The ratings ship as ``dataset_example/ml-100k/ml-100k.inter`` inside the ``recbole`` package,
-which is only a container for that file (see :mod:`flportal.datasets.base`): tab-separated,
-a header row naming the user, item, rating and timestamp columns (read from the installed file,
-never copied here), 100,000 ratings of 1,682 items by 943 users.
+which is only a container for that file (see :mod:`flportal.datasets.base`). Nothing of the
+file is reproduced here: its columns, rating scale and sizes are read from the installed copy.
 
 Shops are groups of users: each user belongs to exactly one shop. For every user the latest
 ``test_fraction`` of their ratings by timestamp (at least one) is held out as test
@@ -75,9 +74,6 @@ Holdout = Literal["time", "random"]
 #: Every shop receives at least this many users.
 MIN_USERS_PER_SHOP = 10
 
-#: Star values the data uses.
-RATING_VALUES = (1.0, 2.0, 3.0, 4.0, 5.0)
-
 _COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 _SIZE_CONCENTRATION = 1.0
 _EMBEDDING_DIM = 16
@@ -95,7 +91,7 @@ def load_ratings() -> dict[str, np.ndarray]:
 
     ``user`` (int64, ``0..n_users-1``) and ``item`` (int64, ``0..n_items-1``) index the sorted
     raw ids ``user_ids`` and ``item_ids``; ``rating`` is float32, ``timestamp`` int64. A
-    repeated (user, item) pair would keep only its latest rating (MovieLens-100K has none).
+    repeated (user, item) pair would keep only its latest rating.
     """
     path = data_path()
     with path.open(encoding="utf-8") as handle:
@@ -315,11 +311,9 @@ def split(
             Shop(name=f"shop-{index:02d}", train=shard(in_shop & ~test), test=shard(in_shop & test))
         )
 
-    stars = np.searchsorted(np.asarray(RATING_VALUES, dtype=np.float32), data["rating"])
+    scale, stars = np.unique(data["rating"], return_inverse=True)  # the star values in use
     cluster = item_clusters(clusters, seed, *held)[data["item"]]
-    skew = skew_stats(
-        _counts(row_shop, stars, shops, len(RATING_VALUES)), np.asarray(RATING_VALUES)
-    )
+    skew = skew_stats(_counts(row_shop, stars, shops, len(scale)), scale.astype(np.float64))
     cluster_counts = _counts(row_shop, cluster, shops, clusters)
     skew["cluster_tv"] = skew_stats(cluster_counts, np.zeros(clusters))["label_tv"]
     skew["user_ratio"] = float(max(sizes) / min(sizes))
@@ -330,7 +324,7 @@ def split(
         "user_offsets": [int(o) for o in np.cumsum(sizes) - sizes],
         "shop_user_ids": [data["user_ids"][users] for users in members],
         "item_ids": data["item_ids"],
-        "rating_range": (RATING_VALUES[0], RATING_VALUES[-1]),
+        "rating_range": (float(scale[0]), float(scale[-1])),
         "mode": mode,
         "clusters": clusters,
         "test_fraction": test_fraction,
