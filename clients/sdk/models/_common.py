@@ -272,52 +272,61 @@ def classification_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float
     }
 
 
-def train_tabular(
-    weights: Mapping[str, np.ndarray],
-    data: Any,
-    *,
-    specs: list[dict[str, Any]],
-    loss_and_grads: Callable[[Weights, Tabular], tuple[float, Weights]],
-    logits: Callable[[Weights, np.ndarray], np.ndarray],
-    epochs: int,
-    learning_rate: float,
-    batch_size: int,
-    proximal_mu: float,
-    seed: int,
-    local: None,
-) -> tuple[Weights, dict[str, float], None]:
-    """Mini-batch SGD of a dense classifier from ``weights`` (FedProx pull ``proximal_mu``):
-    new float32 weights, their metrics on ``data`` and ``None`` (no local state)."""
-    check_training(
-        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, proximal_mu=proximal_mu
-    )
-    no_local(local)
-    params = check_weights(weights, specs)
-    table = tabular(data, specs[0]["shape"][0])
-    minibatch_sgd(
-        params,
-        table,
-        loss_and_grads,
-        n=table.y.shape[0],
-        epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        proximal_mu=proximal_mu,
-        seed=seed,
-    )
-    return to_float32(params, specs), classification_metrics(logits(params, table.x), table.y), None
+@dataclass(frozen=True)
+class DenseClassifier:
+    """The ``train``/``evaluate`` pair of a dense binary classifier, from its three pieces:
+    the tensor specs implied by some weights, the logits, and the loss with its gradients."""
 
+    specs_of: Callable[[Mapping[str, Any]], list[dict[str, Any]]]
+    logits: Callable[[Weights, np.ndarray], np.ndarray]
+    loss_and_grads: Callable[[Weights, Tabular], tuple[float, Weights]]
 
-def evaluate_tabular(
-    weights: Mapping[str, np.ndarray],
-    data: Any,
-    *,
-    specs: list[dict[str, Any]],
-    logits: Callable[[Weights, np.ndarray], np.ndarray],
-    local: None,
-) -> dict[str, float]:
-    """``loss`` (mean log-loss), ``accuracy`` (at p = 0.5) and ``auc`` (NaN with one class)."""
-    no_local(local)
-    params = check_weights(weights, specs)
-    table = tabular(data, specs[0]["shape"][0])
-    return classification_metrics(logits(params, table.x), table.y)
+    def train(
+        self,
+        weights: Mapping[str, np.ndarray],
+        data: Any,
+        *,
+        epochs: int,
+        learning_rate: float,
+        batch_size: int,
+        proximal_mu: float = 0.0,
+        seed: int = 0,
+        local: None = None,
+    ) -> tuple[Weights, dict[str, float], None]:
+        """Mini-batch SGD from ``weights``; FedProx pulls towards them with strength
+        ``proximal_mu``. Returns new float32 weights, their metrics on ``data`` and ``None``
+        (no local state)."""
+        check_training(
+            epochs=epochs,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            proximal_mu=proximal_mu,
+        )
+        no_local(local)
+        specs = self.specs_of(weights)
+        params = check_weights(weights, specs)
+        table = tabular(data, specs[0]["shape"][0])
+        minibatch_sgd(
+            params,
+            table,
+            self.loss_and_grads,
+            n=table.y.shape[0],
+            epochs=epochs,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            proximal_mu=proximal_mu,
+            seed=seed,
+        )
+        metrics = classification_metrics(self.logits(params, table.x), table.y)
+        return to_float32(params, specs), metrics, None
+
+    def evaluate(
+        self, weights: Mapping[str, np.ndarray], data: Any, *, local: None = None
+    ) -> dict[str, float]:
+        """``loss`` (mean log-loss), ``accuracy`` (at p = 0.5) and ``auc`` (NaN with one
+        class)."""
+        no_local(local)
+        specs = self.specs_of(weights)
+        params = check_weights(weights, specs)
+        table = tabular(data, specs[0]["shape"][0])
+        return classification_metrics(self.logits(params, table.x), table.y)

@@ -13,15 +13,14 @@ from typing import Any
 import numpy as np
 
 from clients.sdk.models._common import (
+    DenseClassifier,
     Tabular,
     Weights,
     check_dim,
     dim_of,
-    evaluate_tabular,
     log_loss,
     sigmoid,
     spec,
-    train_tabular,
 )
 
 DEFAULT_HINTS: dict[str, Any] = {"epochs": 2, "learning_rate": 0.05, "batch_size": 64}
@@ -54,43 +53,6 @@ def init(*, seed: int = 0, n_features: int, hidden: int = 32) -> Weights:
     }
 
 
-def train(
-    weights: Mapping[str, np.ndarray],
-    data: Any,
-    *,
-    epochs: int,
-    learning_rate: float,
-    batch_size: int,
-    proximal_mu: float = 0.0,
-    seed: int = 0,
-    local: None = None,
-) -> tuple[Weights, dict[str, float], None]:
-    """Mini-batch SGD from ``weights``; FedProx pulls towards them with strength ``proximal_mu``.
-
-    Returns new float32 weights, their metrics on ``data`` and ``None`` (no local state).
-    """
-    return train_tabular(
-        weights,
-        data,
-        specs=_specs(weights),
-        loss_and_grads=_loss_and_grads,
-        logits=_logits,
-        epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        proximal_mu=proximal_mu,
-        seed=seed,
-        local=local,
-    )
-
-
-def evaluate(
-    weights: Mapping[str, np.ndarray], data: Any, *, local: None = None
-) -> dict[str, float]:
-    """``loss`` (mean log-loss), ``accuracy`` (at p = 0.5) and ``auc`` (NaN with one class)."""
-    return evaluate_tabular(weights, data, specs=_specs(weights), logits=_logits, local=local)
-
-
 def _specs(weights: Mapping[str, Any]) -> list[dict[str, Any]]:
     return tensor_specs(
         n_features=dim_of(weights, "hidden_weight", 0), hidden=dim_of(weights, "hidden_weight", 1)
@@ -115,3 +77,8 @@ def _loss_and_grads(weights: Weights, batch: Tabular) -> tuple[float, Weights]:
         "output_weight": h.T @ d_z,
         "output_bias": np.array([d_z.sum()]),
     }
+
+
+_model = DenseClassifier(specs_of=_specs, logits=_logits, loss_and_grads=_loss_and_grads)
+train = _model.train
+evaluate = _model.evaluate
