@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -13,6 +15,7 @@ from django.utils.text import slugify
 
 from clients import tokens
 from clients.models import ApiToken, Merchant
+from clients.sdk.secagg import SecAggError, check_public_key
 from flportal.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from rounds import audit
 
@@ -186,11 +189,6 @@ def merchant_get(*, slug: str) -> Merchant:
 def merchant_register_key(*, merchant: Merchant, public_key: str) -> Merchant:
     """Register the merchant's long-term X25519 public key (base64 of 32 bytes), used to seal
     the secure-aggregation shares other merchants send it. Rounds opened later use it."""
-    import base64
-    import binascii
-
-    from clients.sdk.secagg import SecAggError, check_public_key
-
     try:
         raw = base64.b64decode(public_key or "", validate=True)
         check_public_key(raw)

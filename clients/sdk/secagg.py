@@ -23,6 +23,7 @@ merchants, and decodes the sum. It never sees an individual unmasked update.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
 import secrets
@@ -409,8 +410,6 @@ class MemberSession:
 
 
 def _b64decode(value: object) -> bytes:
-    import base64
-
     return base64.b64decode(str(value), validate=True)
 
 

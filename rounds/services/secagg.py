@@ -23,13 +23,14 @@ import contextlib
 import math
 import secrets
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Count
 from django.utils import timezone
 
 from clients.models import Merchant
@@ -41,6 +42,13 @@ from rounds.models import Round, SecAggParticipant, SecAggShare
 
 ADVERTISE, SHARE, MASK, UNMASK = "advertise", "share", "mask", "unmask"
 PHASES = (ADVERTISE, SHARE, MASK, UNMASK)
+# The member field each phase's message sets.
+DONE_FIELD = {
+    ADVERTISE: "advertised_at",
+    SHARE: "shared_at",
+    MASK: "masked_at",
+    UNMASK: "revealed_at",
+}
 LINEAR_STRATEGIES = frozenset({"fedavg", "fedprox"})
 MASKED_TENSOR = "masked"
 DEFAULTS: dict[str, Any] = {
@@ -415,10 +423,7 @@ def _phase_lock(
 
 
 def _already_done(member: SecAggParticipant, phase: str) -> bool:
-    field = {ADVERTISE: "advertised_at", SHARE: "shared_at", MASK: "masked_at"}.get(
-        phase, "revealed_at"
-    )
-    return getattr(member, field) is not None
+    return getattr(member, DONE_FIELD[phase]) is not None
 
 
 def _check_phase(fl_round: Round, phase: str) -> None:
@@ -474,17 +479,13 @@ def _advance(fl_round: Round, now: datetime, *, deadline_passed: bool) -> bool:
     info = fl_round.secagg
     t = info["threshold"]
     needed = max(t, fl_round.min_updates)
-    entered = {
-        ADVERTISE: Q(),
-        SHARE: Q(advertised_at__isnull=False),
-        MASK: Q(shared_at__isnull=False),
-        UNMASK: Q(masked_at__isnull=False),
-    }[phase]
-    done_field = {ADVERTISE: "advertised_at", SHARE: "shared_at", MASK: "masked_at"}.get(
-        phase, "revealed_at"
+    previous = PHASES.index(phase) - 1  # members still in: those who finished the last phase
+    expected = (
+        members.filter(**{f"{DONE_FIELD[PHASES[previous]]}__isnull": False})
+        if previous >= 0
+        else members
     )
-    expected = members.filter(entered)
-    answered = expected.filter(**{f"{done_field}__isnull": False})
+    answered = expected.filter(**{f"{DONE_FIELD[phase]}__isnull": False})
     total, count = expected.count(), answered.count()
     if count < total and not deadline_passed:
         return False
@@ -563,33 +564,26 @@ def _short_of_holders(fl_round: Round, t: int) -> str:
 def _missing_shares(fl_round: Round) -> str:
     """Which secret cannot be rebuilt from the revealed shares (empty when all can)."""
     t = fl_round.secagg["threshold"]
-    members = dict(
-        SecAggParticipant.objects.filter(fl_round=fl_round, shared_at__isnull=False).values_list(
-            "index", "masked_at"
+    rows = SecAggParticipant.objects.filter(fl_round=fl_round, shared_at__isnull=False)
+    survivors, dropped, neighbours = [], [], {}
+    for index, masked_at, near in rows.values_list("index", "masked_at", "neighbours"):
+        (survivors if masked_at is not None else dropped).append(index)
+        neighbours[index] = near
+    revealed = Counter(
+        SecAggShare.objects.filter(fl_round=fl_round, revealed__isnull=False).values_list(
+            "sender", flat=True
         )
     )
-    revealed: dict[int, int] = {}
-    for sender in SecAggShare.objects.filter(fl_round=fl_round, revealed__isnull=False).values_list(
-        "sender", flat=True
-    ):
-        revealed[sender] = revealed.get(sender, 0) + 1
-    survivors = [i for i, at in members.items() if at is not None]
-    dropped = [i for i, at in members.items() if at is None]
     for index in survivors + dropped:
-        if index in dropped and not _has_surviving_neighbour(fl_round, index, survivors):
+        if index in dropped and not set(neighbours[index]) & set(survivors):
             continue  # its masks touch nobody's input: nothing to remove
-        if revealed.get(index, 0) < t:
+        if revealed[index] < t:
             secret = "self-mask seed" if index in survivors else "mask key"
             return (
-                f"only {revealed.get(index, 0)} shares of member #{index}'s {secret} were "
+                f"only {revealed[index]} shares of member #{index}'s {secret} were "
                 f"revealed; the threshold is {t}."
             )
     return ""
-
-
-def _has_surviving_neighbour(fl_round: Round, index: int, survivors: list[int]) -> bool:
-    member = SecAggParticipant.objects.get(fl_round=fl_round, index=index)
-    return any(v in survivors for v in member.neighbours)
 
 
 # -- aggregation (in the Celery worker) -------------------------------------------------------
@@ -720,11 +714,11 @@ def progress(fl_round: Round) -> dict[str, Any]:
     if not fl_round.secagg:
         return {}
     counts = SecAggParticipant.objects.filter(fl_round=fl_round).aggregate(
-        members=_count("pk"),
-        advertised=_count("advertised_at"),
-        shared=_count("shared_at"),
-        masked=_count("masked_at"),
-        revealed=_count("revealed_at"),
+        members=Count("pk"),
+        advertised=Count("advertised_at"),
+        shared=Count("shared_at"),
+        masked=Count("masked_at"),
+        revealed=Count("revealed_at"),
     )
     dropped = counts["shared"] - counts["masked"] if fl_round.secagg_phase in ("", UNMASK) else 0
     return {
@@ -737,12 +731,6 @@ def progress(fl_round: Round) -> dict[str, Any]:
         **counts,
         "dropped_after_sharing": max(dropped, 0),
     }
-
-
-def _count(field: str) -> Any:
-    from django.db.models import Count
-
-    return Count(field)
 
 
 def _b64(raw: Any) -> str | None:
